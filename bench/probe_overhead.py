@@ -1,0 +1,132 @@
+"""What does the probe cost per request and per query?
+
+Two long-lived worker processes serve the demo bookshop in-process (Django's WSGIHandler, no
+HTTP): one without the probe (the baseline, ``DJANGOSCOPE_DEMO_NO_PROBE=1``) and one with it,
+streaming to a live ``djangoscope record`` collector. The driver interleaves rounds (A, B, A,
+B, ...) so both see the same machine conditions, and reports per page the median time per
+request of each, their ratio, and the microseconds the probe adds per query.
+
+Run: ``make bench`` or ``.venv/bin/python bench/probe_overhead.py [--rounds 15] [--requests 20]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PAGES = {"/catalogue/": 201, "/many/": 500}
+TOKEN = "bench-token"
+
+
+class Worker:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "_worker.py")],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def ask(self, **command: object) -> dict:
+        assert self.process.stdin and self.process.stdout
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker died with {self.process.wait()}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        self.process.wait(30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=20, help="requests per round and page")
+    args = parser.parse_args()
+
+    from djangoscope.app.demo import demo_env, manage
+
+    work = Path(tempfile.mkdtemp(prefix="djangoscope-bench-"))
+    session = work / "bench.djscope"
+    record = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "djangoscope.app.cli",
+            "record",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+            str(session),
+            "--token",
+            TOKEN,
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert record.stdout is not None
+    first = record.stdout.readline()
+    address = first.split("listening on ")[1].split(",")[0]
+    env = demo_env(address, TOKEN, str(work / "bookshop.sqlite3"))
+    manage(env, "migrate", "--noinput")
+    manage(env, "seed_bookshop")
+    base_env = {**env, "DJANGOSCOPE_DEMO_NO_PROBE": "1"}
+    baseline, probed = Worker(base_env), Worker(env)
+    try:
+        for worker in (baseline, probed):
+            for path, queries in PAGES.items():
+                answer = worker.ask(path=path, n=3)
+                if answer["queries"] not in (None, queries):
+                    raise RuntimeError(f"{path}: expected {queries} queries, ran {answer}")
+        if not probed.ask(wait_connected=10)["connected"]:
+            raise RuntimeError("the probe did not connect to the collector")
+        results: dict[str, dict[str, list[float]]] = {p: {"base": [], "probe": []} for p in PAGES}
+        for _ in range(args.rounds):
+            for path in PAGES:
+                results[path]["base"].append(baseline.ask(path=path, n=args.requests)["seconds"])
+                results[path]["probe"].append(probed.ask(path=path, n=args.requests)["seconds"])
+        stats = probed.ask(stats=True)
+    finally:
+        baseline.close()
+        probed.close()
+        time.sleep(0.5)
+        record.terminate()
+        record.wait(30)
+
+    print(
+        f"djangoscope probe overhead: {args.rounds} interleaved rounds x {args.requests} "
+        f"requests, medians; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'page':<22} {'queries':>7} {'baseline ms':>12} {'probe ms':>9} {'ratio':>6} "
+        f"{'added us/query':>15}"
+    )
+    for path, queries in PAGES.items():
+        base = statistics.median(results[path]["base"]) / args.requests
+        probe = statistics.median(results[path]["probe"]) / args.requests
+        added = (probe - base) / queries * 1e6
+        print(
+            f"{path:<22} {queries:7d} {base * 1e3:12.2f} {probe * 1e3:9.2f} "
+            f"{probe / base:6.2f}x {added:15.1f}"
+        )
+    print(f"sender: sent {stats['sent']}, dropped {stats['dropped']}, errors {stats['errors']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,544 @@
+"""What the ORM was doing when a query ran, read from frame locals (no ORM patching).
+
+The table :data:`SIGNATURES` lists Django functions whose frames identify an ORM operation, with
+the Django versions they apply to. At install each row is resolved to its code object (rows that
+do not exist in the running Django are skipped), and :mod:`stacks` marks matching frames while
+it walks the stack. Only frames between the query and the first app frame count, and only the
+locals of frames that matched are read. When several match, the lowest priority number wins
+(ties: the innermost frame), and a reader that cannot make sense of its frame yields to the next:
+
+    deferred (0) > fk / reverse_o2o (1) > related_manager (2) > prefetch (3, 4)
+    > bulk_create / bulk_update (5) > save / insert / delete / update (6) > queryset (7)
+    > related_fetch (8)
+
+The result is a small JSON-safe dict; every one has ``op`` and ``model`` (the model label of the
+owner instance or the queryset). By op:
+
+- ``deferred``: ``field`` (the deferred field read), ``instance`` (``"app.Model:pk"``; when
+  the pk column is sensitive, e.g. a session key, ``"app.Model:[redacted]#<hash>"``).
+- ``fk``: ``field``, ``target`` (related model), ``relation`` (``"fk"`` or ``"o2o"``), ``instance``.
+- ``reverse_o2o``: ``field`` (the accessor, e.g. ``profile``), ``target``, ``instance``.
+- ``related_manager``: ``method`` (count/exists/first/filter/create...), ``field`` (accessor),
+  ``target``, ``kind`` (``reverse_fk``/``m2m``/``generic``), ``prefetched`` (the owner already has
+  a prefetch cache for the accessor), ``instance``.
+- ``prefetch``: ``lookup`` (the path prefetched at this level, e.g. ``books`` then
+  ``books__tags``, or a ``to_attr``; None when ``get_prefetch_querysets`` was called directly),
+  ``field`` (the relation followed at this level), ``count`` (instances prefetched for).
+- ``save``: ``update_fields`` (sorted list or None), ``instance``. ``insert``: ``instance`` (None
+  until the pk is known). ``delete``: ``instance`` or ``bulk: True`` for ``QuerySet.delete``.
+- ``bulk_create``: ``count``. ``bulk_update``: ``fields``, ``count``. ``update``: ``fields``.
+- ``queryset``: ``method`` (count/exists/get/first/last/in_bulk/aggregate/iterator/...).
+  The same methods on a queryset derived from a related manager (``a.books.filter(...)
+  .count()``) give ``related_manager`` with that method and ``filtered``/``limited``.
+- ``related_fetch``: iterating a related manager's queryset: ``field``, ``target``, ``kind``,
+  ``prefetched``, ``filtered`` (extra WHERE beyond the relation), ``limited`` (sliced),
+  ``instance``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any, NamedTuple
+
+import django
+
+from .. import stacks
+from ..conf import REDACTED
+from . import note_error
+from .redact import make_sensitive_check
+
+
+class Row(NamedTuple):
+    """One signature: a Django function, the versions it applies to, how to read it."""
+
+    module: str
+    qualname: str
+    reader: str
+    priority: int
+    method: str | None = None
+    since: tuple[int, int] = (4, 2)
+    until: tuple[int, int] | None = None  # exclusive
+
+
+_RD = "django.db.models.fields.related_descriptors"
+_M2M = "create_forward_many_to_many_manager.<locals>.ManyRelatedManager"
+_RFK = "create_reverse_many_to_one_manager.<locals>.RelatedManager"
+_Q = "django.db.models.query"
+_B = "django.db.models.base"
+
+SIGNATURES: tuple[Row, ...] = (
+    Row("django.db.models.query_utils", "DeferredAttribute.__get__", "deferred", 0),
+    Row(_RD, "ForwardManyToOneDescriptor.__get__", "fk", 1),
+    Row(_RD, "ForwardManyToOneDescriptor.get_object", "fk", 1),
+    Row(_RD, "ForwardOneToOneDescriptor.get_object", "fk", 1),
+    Row(_RD, "ReverseOneToOneDescriptor.__get__", "reverse_o2o", 1),
+    Row(
+        "django.db.models.manager",
+        "BaseManager._get_queryset_methods.<locals>.create_method.<locals>.manager_method",
+        "related_manager",
+        2,
+    ),
+    # Django 5.0 gave many-to-many managers their own count()/exists() (through-table only);
+    # on 4.2 they are manager_method like the rest.
+    Row(_RD, f"{_M2M}.count", "related_manager", 2, "count", since=(5, 0)),
+    Row(_RD, f"{_M2M}.exists", "related_manager", 2, "exists", since=(5, 0)),
+    Row(_Q, "prefetch_one_level", "prefetch", 3),
+    # Renamed in Django 5.0 (the old name stays, deprecated, and calls the new one).
+    *(
+        Row(_RD, f"{owner}.get_prefetch_queryset", "prefetch_queryset", 4, until=(5, 0))
+        for owner in ("ForwardManyToOneDescriptor", "ReverseOneToOneDescriptor", _RFK, _M2M)
+    ),
+    *(
+        Row(_RD, f"{owner}.get_prefetch_querysets", "prefetch_queryset", 4, since=(5, 0))
+        for owner in ("ForwardManyToOneDescriptor", "ReverseOneToOneDescriptor", _RFK, _M2M)
+    ),
+    Row(_B, "Model.save_base", "save", 6),
+    Row(_B, "Model._do_update", "save", 6),
+    Row(_B, "Model._do_insert", "insert", 6),
+    Row(_B, "Model.delete", "delete", 6),
+    Row(_Q, "QuerySet.delete", "delete", 6, "bulk"),
+    Row(_Q, "QuerySet.bulk_create", "bulk_create", 5),
+    Row(_Q, "QuerySet.bulk_update", "bulk_update", 5),
+    Row(_Q, "QuerySet.update", "update", 6),
+    *(
+        Row(_Q, f"QuerySet.{name}", "queryset", 7, name)
+        for name in (
+            "count",
+            "exists",
+            "get",
+            "first",
+            "last",
+            "in_bulk",
+            "aggregate",
+            "iterator",
+            "earliest",
+            "latest",
+            "contains",
+        )
+    ),
+    # QuerySet.iterator() returns the _iterator() generator: that is the frame that queries.
+    Row(_Q, "QuerySet._iterator", "queryset", 7, "iterator"),
+    Row(_Q, "QuerySet._fetch_all", "related_fetch", 8),
+)
+
+
+class Signature:
+    """A resolved row: what stacks.py stores for a matching code object."""
+
+    __slots__ = ("method", "priority", "read", "reader")
+
+    def __init__(self, row: Row, read: Callable[[dict[str, Any], Signature], Any]):
+        self.reader = row.reader
+        self.priority = row.priority
+        self.method = row.method
+        self.read = read
+
+
+def _label(model: Any) -> str | None:
+    meta = getattr(model, "_meta", None)
+    return meta.label if meta is not None else None
+
+
+_sensitive_pk: dict[type, bool] = {}
+_is_sensitive: Callable[[str | None], bool] = lambda column: False  # noqa: E731
+
+
+def _ident(obj: Any) -> str | None:
+    """``"app.Model:pk"``; a pk whose column is sensitive (a session key) is hashed instead."""
+    pk = obj.pk
+    if pk is None:
+        return None
+    model = type(obj)
+    hide = _sensitive_pk.get(model)
+    if hide is None:
+        hide = _sensitive_pk[model] = _is_sensitive(obj._meta.pk.column)
+    if hide:
+        return f"{obj._meta.label}:{REDACTED}#{hash(pk) & 0xFFFFFFFF:08x}"
+    return f"{obj._meta.label}:{pk}"
+
+
+def _cache_name(rel: Any) -> str:
+    try:
+        return rel.cache_name  # Django >= 5.1
+    except AttributeError:
+        return rel.get_cache_name()  # Django 4.2 / 5.0
+
+
+def _prefetched(instance: Any, cache_name: str | None) -> bool:
+    cache = getattr(instance, "_prefetched_objects_cache", None)
+    return bool(cache) and cache_name in cache
+
+
+def _manager_relation(manager: Any) -> tuple[str, str, str] | None:
+    """(accessor, prefetch cache name, kind) of a related manager."""
+    if hasattr(manager, "prefetch_cache_name"):
+        reverse = getattr(manager, "reverse", None)
+        if reverse is None:
+            return manager.prefetch_cache_name, manager.prefetch_cache_name, "generic"
+        if not reverse:
+            return manager.prefetch_cache_name, manager.prefetch_cache_name, "m2m"
+        field = manager.model._meta.get_field(manager.query_field_name)
+        return field.remote_field.get_accessor_name(), manager.prefetch_cache_name, "m2m"
+    field = getattr(manager, "field", None)
+    if field is None:
+        return None
+    rel = field.remote_field
+    return rel.get_accessor_name(), _cache_name(rel), "reverse_fk"
+
+
+_m2m_candidates: dict[tuple[type, type], list[tuple[str, str, str]]] = {}
+
+
+def _m2m_relation(owner: type, target: type, query: Any) -> tuple[str, str] | None:
+    """The many-to-many accessor joining owner to target (through table breaks ties)."""
+    key = (owner, target)
+    found = _m2m_candidates.get(key)
+    if found is None:
+        found = []
+        for field in owner._meta.many_to_many:
+            if field.related_model is target:
+                through = field.remote_field.through._meta.db_table
+                found.append((field.name, field.name, through))
+        for rel in owner._meta.related_objects:
+            if rel.many_to_many and rel.related_model is target:
+                through = rel.through._meta.db_table
+                found.append((rel.get_accessor_name(), rel.field.related_query_name(), through))
+        _m2m_candidates[key] = found
+    if not found:
+        return None
+    if len(found) > 1:
+        tables = {getattr(j, "table_name", None) for j in query.alias_map.values()}
+        for accessor, cache, through in found:
+            if through in tables:
+                return accessor, cache
+    return found[0][0], found[0][1]
+
+
+# -- readers: f_locals -> context dict (or None: "not mine, ask the next frame") --------------
+
+
+def _deferred(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    instance, descriptor = loc.get("instance"), loc.get("self")
+    if instance is None or descriptor is None:
+        return None
+    return {
+        "op": "deferred",
+        "model": _label(type(instance)),
+        "field": descriptor.field.name,
+        "instance": _ident(instance),
+    }
+
+
+def _fk(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    instance, descriptor = loc.get("instance"), loc.get("self")
+    if instance is None or descriptor is None:
+        return None
+    field = descriptor.field
+    return {
+        "op": "fk",
+        "model": _label(type(instance)),
+        "field": field.name,
+        "target": _label(field.related_model),
+        "relation": "o2o" if field.one_to_one else "fk",
+        "instance": _ident(instance),
+    }
+
+
+def _reverse_o2o(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    instance, descriptor = loc.get("instance"), loc.get("self")
+    if instance is None or descriptor is None:
+        return None
+    related = descriptor.related
+    return {
+        "op": "reverse_o2o",
+        "model": _label(type(instance)),
+        "field": related.get_accessor_name(),
+        "target": _label(related.related_model),
+        "instance": _ident(instance),
+    }
+
+
+def _related_manager(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    manager = loc.get("self")
+    instance = getattr(manager, "instance", None)
+    if instance is None:
+        return None  # a plain model manager: the QuerySet frame below says what it was
+    relation = _manager_relation(manager)
+    if relation is None:
+        return None
+    accessor, cache_name, kind = relation
+    return {
+        "op": "related_manager",
+        "method": loc.get("name") or sig.method,
+        "model": _label(type(instance)),
+        "field": accessor,
+        "target": _label(manager.model),
+        "kind": kind,
+        "prefetched": _prefetched(instance, cache_name),
+        "instance": _ident(instance),
+    }
+
+
+def _prefetch(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    instances = loc.get("instances") or ()
+    lookup, level = loc.get("lookup"), loc.get("level") or 0
+    path = field = None
+    if lookup is not None:
+        path = "__".join(lookup.prefetch_to.split("__")[: level + 1])
+        through = lookup.prefetch_through.split("__")
+        field = through[level] if level < len(through) else None
+    return {
+        "op": "prefetch",
+        "model": _label(type(instances[0])) if instances else None,
+        "lookup": path,
+        "field": field,
+        "count": len(instances),
+    }
+
+
+def _prefetch_queryset(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    instances = loc.get("instances") or ()
+    owner = loc.get("self")
+    field = None
+    if hasattr(owner, "field") and not hasattr(owner, "instance"):
+        field = owner.field.name  # forward descriptor
+    elif hasattr(owner, "related"):
+        field = owner.related.get_accessor_name()
+    elif owner is not None:
+        relation = _manager_relation(owner)
+        field = relation[0] if relation else None
+    return {
+        "op": "prefetch",
+        "model": _label(type(instances[0])) if instances else None,
+        "lookup": None,
+        "field": field,
+        "count": len(instances),
+    }
+
+
+def _save(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    obj = loc.get("self")
+    if obj is None:
+        return None
+    update_fields = loc.get("update_fields")
+    return {
+        "op": "save",
+        "model": _label(type(obj)),
+        "update_fields": sorted(update_fields) if update_fields is not None else None,
+        "instance": _ident(obj),
+    }
+
+
+def _insert(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    obj = loc.get("self")
+    if obj is None:
+        return None
+    return {"op": "insert", "model": _label(type(obj)), "instance": _ident(obj)}
+
+
+def _delete(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    obj = loc.get("self")
+    if obj is None:
+        return None
+    if sig.method == "bulk":
+        return {"op": "delete", "model": _label(obj.model), "bulk": True}
+    return {"op": "delete", "model": _label(type(obj)), "instance": _ident(obj)}
+
+
+def _bulk_create(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    qs, objs = loc.get("self"), loc.get("objs")
+    if qs is None:
+        return None
+    return {
+        "op": "bulk_create",
+        "model": _label(qs.model),
+        "count": len(objs) if hasattr(objs, "__len__") else None,
+    }
+
+
+def _bulk_update(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    qs, objs, fields = loc.get("self"), loc.get("objs"), loc.get("fields") or ()
+    if qs is None:
+        return None
+    return {
+        "op": "bulk_update",
+        "model": _label(qs.model),
+        "fields": [getattr(f, "name", f) for f in fields] if hasattr(fields, "__len__") else None,
+        "count": len(objs) if hasattr(objs, "__len__") else None,
+    }
+
+
+def _update(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    qs = loc.get("self")
+    if qs is None:
+        return None
+    return {"op": "update", "model": _label(qs.model), "fields": sorted(loc.get("kwargs") or ())}
+
+
+def _queryset_relation(qs: Any) -> tuple[Any, str, str, str] | None:
+    """(owner, accessor, prefetch cache name, kind) of a related manager's queryset."""
+    owner = qs._hints.get("instance")
+    if owner is None:
+        return None
+    known = qs._known_related_objects
+    if known:
+        rel = next(iter(known)).remote_field
+        return owner, rel.get_accessor_name(), _cache_name(rel), "reverse_fk"
+    found = _m2m_relation(type(owner), qs.model, qs.query)
+    if found is None:
+        return None  # e.g. the queryset of a forward FK descriptor: not a related manager's
+    return owner, found[0], found[1], "m2m"
+
+
+def _related_shape(qs: Any, relation: tuple[Any, str, str, str]) -> dict[str, Any]:
+    owner, accessor, cache_name, kind = relation
+    query = qs.query
+    return {
+        "model": _label(type(owner)),
+        "field": accessor,
+        "target": _label(qs.model),
+        "kind": kind,
+        "prefetched": _prefetched(owner, cache_name),
+        "filtered": len(query.where.children) > 1,
+        "limited": bool(query.low_mark) or query.high_mark is not None,
+        "instance": _ident(owner),
+    }
+
+
+def _queryset(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    qs = loc.get("self")
+    if qs is None:
+        return None
+    if qs._hints:
+        relation = _queryset_relation(qs)
+        if relation is not None:
+            return {"op": "related_manager", "method": sig.method, **_related_shape(qs, relation)}
+    return {"op": "queryset", "method": sig.method, "model": _label(qs.model)}
+
+
+def _related_fetch(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    qs = loc.get("self")
+    relation = _queryset_relation(qs) if qs is not None and qs._hints else None
+    if relation is None:
+        return None
+    return {"op": "related_fetch", **_related_shape(qs, relation)}
+
+
+READERS: dict[str, Callable[[dict[str, Any], Signature], dict[str, Any] | None]] = {
+    "deferred": _deferred,
+    "fk": _fk,
+    "reverse_o2o": _reverse_o2o,
+    "related_manager": _related_manager,
+    "prefetch": _prefetch,
+    "prefetch_queryset": _prefetch_queryset,
+    "save": _save,
+    "insert": _insert,
+    "delete": _delete,
+    "bulk_create": _bulk_create,
+    "bulk_update": _bulk_update,
+    "update": _update,
+    "queryset": _queryset,
+    "related_fetch": _related_fetch,
+}
+
+
+def _unwrap_attr(obj: Any) -> Any:
+    if isinstance(obj, (staticmethod, classmethod)):
+        return obj.__func__
+    if isinstance(obj, property):
+        return obj.fget
+    return getattr(obj, "__func__", obj)
+
+
+def resolve_code(module: str, qualname: str) -> CodeType | None:
+    """The code object of ``module.qualname``, following ``<locals>`` into nested code."""
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError:
+        return None
+    code: CodeType | None = None
+    for part in qualname.split("."):
+        if part == "<locals>":
+            if code is None:
+                code = getattr(_unwrap_attr(obj), "__code__", None)
+                if code is None:
+                    return None
+            continue
+        if code is not None:
+            code = next(
+                (c for c in code.co_consts if isinstance(c, CodeType) and c.co_name == part),
+                None,
+            )
+            if code is None:
+                return None
+            continue
+        namespace = getattr(obj, "__dict__", {})
+        obj = namespace[part] if part in namespace else getattr(obj, part, None)
+        if obj is None:
+            return None
+        obj = _unwrap_attr(obj)
+    if code is None:
+        code = getattr(obj, "__code__", None)
+    if code is None or code.co_name != qualname.rsplit(".", 1)[-1]:
+        return None
+    return code
+
+
+def build_table(version: tuple[int, ...] | None = None) -> dict[int, Signature]:
+    """Resolve :data:`SIGNATURES` for a Django version: ``{id(code): Signature}``."""
+    version = tuple(version or django.VERSION[:2])
+    table: dict[int, Signature] = {}
+    del _keep_alive[:]
+    for row in SIGNATURES:
+        if version < row.since or (row.until is not None and version >= row.until):
+            continue
+        code = resolve_code(row.module, row.qualname)
+        if code is not None:
+            table[id(code)] = Signature(row, READERS[row.reader])
+            _keep_alive.append(code)
+    return table
+
+
+_keep_alive: list[CodeType] = []
+
+
+def _priority(hit: tuple[Signature, FrameType]) -> int:
+    return hit[0].priority
+
+
+def read_context(hits: list[tuple[Signature, FrameType]]) -> dict[str, Any] | None:
+    """Pick the ORM context from matched frames (innermost first), by priority."""
+    if len(hits) > 1:
+        hits = sorted(hits, key=_priority)  # stable: ties keep the innermost first
+    for sig, frame in hits:
+        try:
+            result = sig.read(frame.f_locals, sig)
+        except Exception:
+            note_error("orm")
+            continue
+        if result is not None:
+            return result
+    return None
+
+
+_installed = False
+
+
+def install(config: Any = None) -> None:
+    """Register the signature table with the stack walker (idempotent)."""
+    global _installed, _is_sensitive
+    if config is not None:
+        _is_sensitive = make_sensitive_check(config.sensitive)
+        _sensitive_pk.clear()
+    if _installed:
+        return
+    stacks.register_orm(build_table(), read_context)
+    _installed = True
+
+
+def uninstall() -> None:
+    global _installed
+    stacks.register_orm({}, None)
+    _installed = False
