@@ -136,6 +136,7 @@ class Sender:
                     self._stop_event.wait(pause)
                     continue
                 delay = BACKOFF_START
+                last_stats = 0.0  # report counters (drops while away) right after connecting
             try:
                 self._service_once()
                 if time.monotonic() - last_stats > STATS_INTERVAL:

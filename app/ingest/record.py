@@ -117,7 +117,10 @@ class SessionRecorder:
             self.units += 1
             self.log(format_line(connection, event.message))
             return 1
+        elif event.kind == "stats" and connection is not None and event.message is not None:
+            self.store.set_process_stats(self._process_id(connection), event.message)
         elif event.kind == "disconnected" and connection is not None:
+            self.store.end_process(self._process_id(connection), connection.stats or None)
             dropped = (connection.stats or {}).get("dropped") or 0
             note = (
                 f", it dropped {dropped} request(s) while the collector was away" if dropped else ""
