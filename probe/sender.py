@@ -314,6 +314,7 @@ def identity(config: ProbeConfig) -> dict[str, Any]:
         "django": django.get_version(),
         "python": platform.python_version(),
         "probe_version": PROBE_VERSION,
+        "encoder": wire.ENCODER,
         "argv": [str(a)[:200] for a in sys.argv[:12]],
     }
 

@@ -65,13 +65,45 @@ class ProtocolError(ValueError):
     """Raised for any input that breaks the protocol; the message is meant for a human."""
 
 
+def _stdlib_dumps(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=_fallback)
+    return body.encode("utf-8", "surrogatepass")
+
+
+def _load_fast_dumps() -> Any:
+    """orjson when installed (``pip install "djangoscope[fast]"``), else None.
+
+    Same JSON on the wire, ~10x cheaper on the sender thread (bench/encoding.py). Optional so
+    the probe's base install stays pure Python; ``DJANGOSCOPE_JSON=stdlib`` forces the stdlib.
+    """
+    if os.environ.get("DJANGOSCOPE_JSON", "").lower() == "stdlib":
+        return None
+    try:
+        import orjson
+    except ImportError:
+        return None
+
+    def dumps(message: dict[str, Any]) -> bytes:
+        try:
+            return orjson.dumps(message, default=_fallback)
+        except (TypeError, ValueError):  # lone surrogates, huge ints: the stdlib copes
+            return _stdlib_dumps(message)
+
+    return dumps
+
+
+_fast_dumps = _load_fast_dumps()
+#: Which encoder this process uses ("orjson" or "json"), reported in the handshake identity.
+ENCODER = "orjson" if _fast_dumps is not None else "json"
+_dumps = _fast_dumps or _stdlib_dumps
+
+
 def encode_frame(kind: bytes, message: dict[str, Any], limit: int = MAX_FRAME) -> bytes:
     """Serialize one message to a complete frame (header included).
 
     Raises ProtocolError if the result exceeds ``limit``: callers drop rather than send it.
     """
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=_fallback)
-    payload = kind + body.encode("utf-8", "surrogatepass")
+    payload = kind + _dumps(message)
     if len(payload) > limit:
         raise ProtocolError(f"frame of {len(payload)} bytes exceeds the {limit}-byte limit")
     return _HEADER.pack(len(payload)) + payload

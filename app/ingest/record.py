@@ -38,13 +38,17 @@ def summarize(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def format_line(connection: Connection, message: dict[str, Any]) -> str:
     s = summarize(message)
     status = s["status"] if s["status"] is not None else "---"
     line = (
         f"{time.strftime('%H:%M:%S')}  pid {connection.identity.get('pid', '?'):<7} "
-        f"{s['method']:<6} {s['path'][:60]:<60} {status}  {s['duration_ms']:8.1f} ms  "
-        f"{s['queries']:4d} q {s['db_ms']:7.1f} ms  {s['cache']:3d} cache"
+        f"{s['method']:<6} {_cut(s['path'], 36):<36} {status}  {s['duration_ms']:8.1f} ms  "
+        f"{s['queries']:4d} q {s['db_ms']:7.1f} ms db  {s['cache']:3d} cache"
     )
     if s["exception"]:
         line += f"  ! {s['exception']}"

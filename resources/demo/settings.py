@@ -126,4 +126,4 @@ USE_I18N = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The probe reads its address and token from DJANGOSCOPE_ADDRESS / DJANGOSCOPE_TOKEN.
-DJANGOSCOPE: dict[str, object] = {}
+DJANGOSCOPE: dict[str, object] = {"PROJECT": "bookshop"}

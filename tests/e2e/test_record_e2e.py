@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 from django.test.utils import CaptureQueriesContext
@@ -144,3 +145,32 @@ def test_report_command_reads_the_session(tmp_path, start_record, start_server):
         timeout=60,
     )
     assert text.returncode == 0 and "/books/" in text.stdout
+
+
+def test_concurrent_requests_on_threaded_runserver_stay_apart(tmp_path, start_record, start_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from djangoscope.resources.demo.pages import PAGES
+
+    expected = {p["path"]: p["queries"] for p in PAGES}
+    expected.update({p["fixed"]: p["fixed_queries"] for p in PAGES if p["fixed"]})
+    paths = ["/books/", "/authors/", "/books/fixed/", "/api/books/", "/many/fixed/"] * 4
+    out = tmp_path / "session.djscope"
+    record = start_record(out)
+    server = start_server(record.address)
+    record.wait_for("+ connected")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda p: get(server.base + p)[0], paths))
+    assert statuses == [200] * len(paths)
+    deadline = time.monotonic() + 20
+    while sum(record.output.count(f" {p} ") for p in set(paths)) < len(paths):
+        assert time.monotonic() < deadline, record.output
+        time.sleep(0.05)
+    record.stop()
+    with SessionStore.open(out) as store:
+        requests = [r for r in store.iter_requests() if r["path"] != "/"]
+        threads = {store.request(r["id"]).get("thread_id") for r in requests}
+    assert len(requests) == len(paths)
+    for request in requests:
+        assert request["query_count"] == expected[request["path"]], request["path"]
+    assert len(threads) > 1, "runserver is threaded: requests ran on several threads"

@@ -84,3 +84,24 @@ def test_token_file_is_created_private_and_reused(tmp_path, monkeypatch):
     assert mode == 0o600
     monkeypatch.setenv("DJANGOSCOPE_TOKEN", "from-env")
     assert wire.read_token() == "from-env"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"sql": "SELECT %s", "params": [1, 2.5, None, True, "é", "x" * 300]},
+        {"odd": b"\x00\x01", "set": {3}, "tuple": (1, 2), "surrogate": "\udc80", "big": 2**70},
+        {"nested": {"a": [{"b": []}]}, "unicode": "日本語"},
+    ],
+)
+def test_fast_and_stdlib_encoders_agree(message):
+    pytest.importorskip("orjson")
+    fast = wire._load_fast_dumps()
+    assert fast is not None
+    payload = wire._stdlib_dumps(message)
+    assert wire.decode_payload(b"U" + fast(message)) == wire.decode_payload(b"U" + payload)
+
+
+def test_stdlib_encoder_can_be_forced(monkeypatch):
+    monkeypatch.setenv("DJANGOSCOPE_JSON", "stdlib")
+    assert wire._load_fast_dumps() is None
