@@ -37,8 +37,12 @@ class _StopFlag:
         self.reason: str | None = None
 
     def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handler)
+        signals = (signal.SIGINT, signal.SIGTERM)
+        self._previous = {signum: signal.signal(signum, self._handler) for signum in signals}
+
+    def restore(self) -> None:
+        for signum, handler in getattr(self, "_previous", {}).items():
+            signal.signal(signum, handler)
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.reason = signal.Signals(signum).name
@@ -88,19 +92,14 @@ def cmd_record(args: argparse.Namespace) -> int:
             if args.duration and time.monotonic() - started >= args.duration:
                 reason = f"{args.duration:g} s elapsed"
                 break
-    except SessionError as exc:
         collector.stop()
-        store.close()
+        recorder.drain_all()  # everything received before the stop is written
+    except SessionError as exc:
         return _error("record", f"{exc} (requests recorded so far are kept in {args.out})")
     finally:
-        if collector is not None:
-            collector.stop()
-    try:
-        recorder.drain_all()
-    except SessionError as exc:
+        collector.stop()
         store.close()
-        return _error("record", f"{exc} (requests recorded so far are kept in {args.out})")
-    store.close()
+        stop.restore()
     _print(
         f"djangoscope record: {reason}; {recorder.units} requests from "
         f"{len(recorder.processes)} process(es) saved to {args.out}"
@@ -122,8 +121,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_report(report))
-        if not format_report(report).endswith("\n"):
-            sys.stdout.write("\n")
     sys.stdout.flush()
     return EXIT_OK
 

@@ -17,6 +17,7 @@ summaries, then every query in one streamed pass) and returns plain JSON-ready d
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -393,10 +394,28 @@ def _table(
     return out
 
 
-def _site_text(site: dict[str, Any], width: int) -> str:
+def _common_root(report: dict[str, Any]) -> str:
+    """The folder all call-site files share, so the text report can show short paths."""
+    files = {
+        site["file"]
+        for key in ("duplicates", "similar")
+        for group in report.get(key, [])
+        for site in group.get("call_sites", [])
+        if isinstance(site.get("file"), str) and os.path.isabs(site["file"])
+    }
+    if not files:
+        return ""
+    root = os.path.commonpath([os.path.dirname(f) for f in files])
+    return "" if root in ("", os.sep) else root
+
+
+def _site_text(site: dict[str, Any], width: int, root: str = "") -> str:
     where = []
     if site.get("file"):
-        where.append(f"{site['file']}:{site['line']}" if site.get("line") else site["file"])
+        file = site["file"]
+        if root and file.startswith(root + os.sep):
+            file = file[len(root) + 1 :]
+        where.append(f"{file}:{site['line']}" if site.get("line") else file)
         if site.get("func"):
             where[-1] += f" in {site['func']}"
     if site.get("template"):
@@ -429,8 +448,12 @@ def format_report(report: dict[str, Any], max_requests: int = 50, top: int = 10)
     )
     lines += ["", *_requests_text(report.get("requests", []), max_requests)]
     lines += ["", *_endpoints_text(report.get("endpoints", []))]
-    lines += ["", *_groups_text("Duplicate queries", report.get("duplicates", []), top, True)]
-    lines += ["", *_groups_text("Similar queries", report.get("similar", []), top, False)]
+    root = _common_root(report)
+    if root:
+        lines += ["", _cut(f"Call sites below are relative to {root}", WIDTH)]
+    duplicates = report.get("duplicates", [])
+    lines += ["", *_groups_text("Duplicate queries", duplicates, top, True, root)]
+    lines += ["", *_groups_text("Similar queries", report.get("similar", []), top, False, root)]
     lines += ["", *_suggestions_text(report.get("suggestions", []))]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
@@ -490,7 +513,9 @@ def _endpoints_text(endpoints: list[dict[str, Any]]) -> list[str]:
     return [title, *_table(headers, widths, "<<>>>>>>", rows)]
 
 
-def _groups_text(title: str, groups: list[dict[str, Any]], top: int, exact: bool) -> list[str]:
+def _groups_text(
+    title: str, groups: list[dict[str, Any]], top: int, exact: bool, root: str = ""
+) -> list[str]:
     rule = "same SQL and params" if exact else "same normalized SQL"
     out = [f"{title} ({rule} within one request): {len(groups)}"]
     if not groups:
@@ -507,7 +532,7 @@ def _groups_text(title: str, groups: list[dict[str, Any]], top: int, exact: bool
         if exact and group.get("params") is not None:
             out.append("    " + _cut(f"params: {group['params']}", WIDTH - 4))
         for site in group["call_sites"]:
-            out.append("      at " + _site_text(site, WIDTH - 9))
+            out.append("      at " + _site_text(site, WIDTH - 9, root))
         if group.get("other_sites"):
             out.append(f"      and {group['other_sites']} more call site(s)")
     if len(groups) > top:

@@ -287,3 +287,36 @@ def test_text_report_limits_the_requests_table(report):
     table = text.split("Requests")[1].split("Endpoints")[0]
     assert " 90.0 " in table and " 50.0 " in table and " 40.0 " in table
     assert " 10.0 " not in table
+
+
+def test_text_report_shows_call_sites_relative_to_their_common_folder():
+    from djangoscope.app.core.report import format_report
+
+    site = {"line": 42, "func": "book_list", "template": "books/list.html:7", "count": 100}
+    report = {
+        "version": 1,
+        "session": {},
+        "requests": [],
+        "endpoints": [],
+        "duplicates": [],
+        "similar": [
+            {
+                "count": 100,
+                "requests": 1,
+                "redundant": 99,
+                "total_ms": 8.0,
+                "alias": "default",
+                "request_ids": [1],
+                "normalized": "SELECT ?",
+                "call_sites": [
+                    {**site, "file": "/srv/shop/books/views.py"},
+                    {**site, "file": "/srv/shop/authors/views.py", "line": 7},
+                ],
+            }
+        ],
+        "suggestions": [],
+    }
+    text = format_report(report)
+    assert "relative to /srv/shop" in text
+    assert "at books/views.py:42 in book_list, template books/list.html:7 (100x)" in text
+    assert "at authors/views.py:7" in text
