@@ -27,6 +27,7 @@ current_unit: ContextVar[Unit | None] = ContextVar("djangoscope_unit", default=N
 _open: ContextVar[int | None] = ContextVar("djangoscope_open_span", default=None)
 
 _sequence = itertools.count(1)
+_get_ident = threading.get_ident
 
 # Span kinds. Queries and cache calls are spans too, with "ref" pointing into their own lists.
 SPAN_REQUEST = "request"
@@ -54,11 +55,59 @@ class Span:
         self.meta: dict[str, Any] | None = None
 
 
+# Positions in a query record: a tuple, built once the query has finished. ``Unit.queries`` and
+# ``Unit.to_message`` turn records into the documented dicts; the request thread never does.
+_Q_SQL = 0
+_Q_PARAMS = 1
+_Q_MANY = 2
+_Q_BATCH = 3
+_Q_ALIAS = 4
+_Q_VENDOR = 5
+_Q_ATOMIC = 6
+_Q_SAVEPOINT_DEPTH = 7
+_Q_STACK = 8
+_Q_TEMPLATE = 9
+_Q_ORM = 10
+_Q_ROWCOUNT = 11
+_Q_ERROR = 12
+_Q_START = 13
+_Q_END = 14
+_Q_SPAN = 15  # the open span when the query ran (the "span" field)
+_Q_LEAF = 16  # the id of the query's own leaf span, None when spans were truncated
+
+
+def _query_dict(record: tuple[Any, ...]) -> dict[str, Any]:
+    """A record as the dict ``add_query`` documents (what ``Unit.queries`` hands out)."""
+    return {
+        "sql": record[_Q_SQL],
+        "params": record[_Q_PARAMS],
+        "many": record[_Q_MANY],
+        "batch": record[_Q_BATCH],
+        "alias": record[_Q_ALIAS],
+        "vendor": record[_Q_VENDOR],
+        "atomic": record[_Q_ATOMIC],
+        "savepoint_depth": record[_Q_SAVEPOINT_DEPTH],
+        "stack": record[_Q_STACK],
+        "template": record[_Q_TEMPLATE],
+        "orm": record[_Q_ORM],
+        "rowcount": record[_Q_ROWCOUNT],
+        "error": record[_Q_ERROR],
+        "start_ns": record[_Q_START],
+        "end_ns": record[_Q_END],
+        "span": record[_Q_SPAN],
+    }
+
+
 class Unit:
     """One unit of work (an HTTP request). Not thread-safe by design: one context owns it.
 
     Queries issued from ``sync_to_async`` threads of the same request append here too; list
     appends are atomic under the GIL, which is all the sharing we need.
+
+    Queries are kept as compact tuples (see ``_Q_*``) and their leaf spans are not objects
+    until asked for: per query the request thread allocates one record, which keeps both the
+    hook and the garbage collector cheap. :attr:`queries` and :attr:`spans` give the public
+    views (dicts, :class:`Span` objects).
     """
 
     def __init__(self, kind: str = "http", limits: dict[str, int] | None = None) -> None:
@@ -78,34 +127,47 @@ class Unit:
         self.request: dict[str, Any] = {}
         self.response: dict[str, Any] = {}
         self.exception: dict[str, Any] | None = None
-        self.spans: list[Span] = []
-        self.queries: list[dict[str, Any]] = []
+        #: Spans that are objects from the start (request, view, template, transaction, cache).
+        self._spans: list[Span] = []
+        #: Spans made so far, objects or not: the next span's id.
+        self.span_count = 0
+        #: Query records (tuples, see ``_Q_*``), in order.
+        self.records: list[tuple[Any, ...]] = []
+        self._query_dicts: list[dict[str, Any]] = []
         self.cache: list[dict[str, Any]] = []
-        self.instances: dict[str, int] = {}
+        #: Model class -> instances created (labels are looked up when read).
+        self.instance_counts: dict[type, int] = {}
         self.truncated: dict[str, int] = {}
         self.size_estimate = 1024
         limits = limits or {}
         self.max_queries = limits.get("queries", 20000)
         self.max_cache = limits.get("cache", 20000)
         self.max_spans = limits.get("spans", 50000)
+        #: The stack memo of the thread that made the unit (None once finished); other threads'
+        #: are in _memos (see stack_memo).
+        self.memo: stacks.StackMemo | None = stacks.StackMemo()
+        self._memos: dict[int, stacks.StackMemo] = {}
+        self._finished = False
         _open.set(None)
         self.root = self.open_span(SPAN_REQUEST, "request")
 
     # -- spans ---------------------------------------------------------------------------------
     def open_span(self, kind: str, name: str, start_ns: int | None = None) -> Span | None:
         """Open a child of the innermost open span of this context. None once over the cap."""
-        if len(self.spans) >= self.max_spans:
+        span_id = self.span_count
+        if span_id >= self.max_spans:
             self.truncated["spans"] = self.truncated.get("spans", 0) + 1
             return None
+        self.span_count = span_id + 1
         span = Span(
-            len(self.spans),
+            span_id,
             _open.get(),
             kind,
             name,
             time.perf_counter_ns() if start_ns is None else start_ns,
         )
-        self.spans.append(span)
-        _open.set(span.id)
+        self._spans.append(span)
+        _open.set(span_id)
         return span
 
     def close_span(self, span: Span | None, end_ns: int | None = None) -> None:
@@ -116,29 +178,128 @@ class Unit:
 
     def leaf_span(self, kind: str, name: str, start_ns: int, end_ns: int, ref: int) -> None:
         """Record a finished span with no children (a query, a cache call)."""
-        if len(self.spans) >= self.max_spans:
+        span_id = self.span_count
+        if span_id >= self.max_spans:
             self.truncated["spans"] = self.truncated.get("spans", 0) + 1
             return
-        span = Span(len(self.spans), _open.get(), kind, name, start_ns)
+        self.span_count = span_id + 1
+        span = Span(span_id, _open.get(), kind, name, start_ns)
         span.duration_ns = end_ns - start_ns
         span.ref = ref
-        self.spans.append(span)
+        self._spans.append(span)
 
     @property
     def open_span_id(self) -> int | None:
         return _open.get()
 
+    @property
+    def spans(self) -> list[Span]:
+        """Every span in id order, queries' leaf spans included (made on each call)."""
+        spans = self._spans
+        records = self.records
+        if not records:
+            return list(spans)
+        merged: list[Span] = []
+        add = merged.append
+        i = 0
+        count = len(spans)
+        for ref, record in enumerate(records):
+            leaf_id = record[_Q_LEAF]
+            if leaf_id is None:
+                continue
+            while i < count and spans[i].id < leaf_id:
+                add(spans[i])
+                i += 1
+            add(_query_span(record, ref))
+        merged.extend(spans[i:])
+        return merged
+
     # -- records -------------------------------------------------------------------------------
+    @property
+    def queries(self) -> list[dict[str, Any]]:
+        """The query records as dicts (see docs/protocol.md for their fields)."""
+        dicts = self._query_dicts
+        records = self.records
+        for i in range(len(dicts), len(records)):
+            dicts.append(_query_dict(records[i]))
+        return dicts
+
+    @property
+    def query_count(self) -> int:
+        return len(self.records)
+
     def add_query(self, record: dict[str, Any]) -> None:
         """Append one query record (see docs/protocol.md for its fields)."""
-        if len(self.queries) >= self.max_queries:
+        get = record.get
+        self.add_query_record(
+            record["sql"],
+            get("params"),
+            get("many", False),
+            get("batch"),
+            record["alias"],
+            record["vendor"],
+            get("atomic", False),
+            get("savepoint_depth", 0),
+            get("stack"),
+            get("template"),
+            get("orm"),
+            get("rowcount"),
+            get("error"),
+            record["start_ns"],
+            record["end_ns"],
+        )
+
+    def add_query_record(
+        self,
+        sql: str,
+        params: Any,
+        many: bool,
+        batch: int | None,
+        alias: str,
+        vendor: str,
+        atomic: bool,
+        savepoint_depth: int,
+        stack: int | None,
+        template: dict[str, Any] | None,
+        orm: dict[str, Any] | None,
+        rowcount: int | None,
+        error: str | None,
+        start_ns: int,
+        end_ns: int,
+    ) -> None:
+        """:meth:`add_query` without the dict: what the SQL hook calls for every query."""
+        records = self.records
+        if len(records) >= self.max_queries:
             self.truncated["queries"] = self.truncated.get("queries", 0) + 1
             return
-        record["span"] = _open.get()
-        index = len(self.queries)
-        self.queries.append(record)
-        self.size_estimate += RECORD_OVERHEAD + len(record["sql"])
-        self.leaf_span(SPAN_SQL, record["sql"][:60], record["start_ns"], record["end_ns"], index)
+        leaf_id = self.span_count
+        if leaf_id >= self.max_spans:
+            self.truncated["spans"] = self.truncated.get("spans", 0) + 1
+            leaf_id = None
+        else:
+            self.span_count = leaf_id + 1
+        records.append(
+            (
+                sql,
+                params,
+                many,
+                batch,
+                alias,
+                vendor,
+                atomic,
+                savepoint_depth,
+                stack,
+                template,
+                orm,
+                rowcount,
+                error,
+                start_ns,
+                end_ns,
+                _open.get(),
+                leaf_id,
+            )
+        )
+        self.size_estimate += RECORD_OVERHEAD + len(sql)
 
     def add_cache(self, record: dict[str, Any]) -> None:
         if len(self.cache) >= self.max_cache:
@@ -157,13 +318,40 @@ class Unit:
         )
 
     def count_instance(self, label: str) -> None:
-        self.instances[label] = self.instances.get(label, 0) + 1
+        """Count one instance of a model by label (the hooks count by class, see below)."""
+        self.instance_counts[label] = self.instance_counts.get(label, 0) + 1  # type: ignore[index]
+
+    @property
+    def instances(self) -> dict[str, int]:
+        """Instances created, by model label."""
+        counts: dict[str, int] = {}
+        for model, count in list(self.instance_counts.items()):
+            label = model if isinstance(model, str) else _model_label(model)
+            counts[label] = counts.get(label, 0) + count
+        return counts
+
+    def stack_memo(self) -> stacks.StackMemo | None:
+        """The calling thread's stack memo for this unit (None once the unit has finished)."""
+        ident = _get_ident()
+        if ident == self.thread_id:
+            return self.memo
+        memo = self._memos.get(ident)
+        if memo is None and not self._finished:
+            memo = self._memos.setdefault(ident, stacks.StackMemo())
+        return memo
 
     def finish(self) -> None:
         self.end_ns = time.perf_counter_ns()
         if not self.is_async:
             self.cpu_ns = time.thread_time_ns() - self.cpu_start_ns
         self.close_span(self.root, self.end_ns)
+        self._finished = True
+        if self.memo is not None:
+            self.memo.clear()
+            self.memo = None
+        memos, self._memos = self._memos, {}
+        for memo in memos.values():
+            memo.clear()
 
     # -- serialization (sender thread) ---------------------------------------------------------
     def to_message(self, redactor: Any = None) -> dict[str, Any]:
@@ -181,29 +369,49 @@ class Unit:
                 stack_table[ref] = stacks.resolve(key)
             return ref
 
+        records = list(self.records)
         queries = []
-        for q in self.queries:
-            params = q.get("params")
+        add_query = queries.append
+        get_ref = stack_ids.get
+        for (
+            sql,
+            params,
+            many,
+            batch,
+            alias,
+            vendor,
+            atomic,
+            savepoint_depth,
+            key,
+            template,
+            orm,
+            rowcount,
+            error,
+            start,
+            end,
+            span,
+            _leaf,
+        ) in records:
             if redactor is not None:
-                params = redactor(q["sql"], params, q.get("many", False))
-            queries.append(
+                params = redactor(sql, params, many)
+            add_query(
                 {
-                    "span": q["span"],
-                    "alias": q["alias"],
-                    "vendor": q["vendor"],
-                    "sql": q["sql"],
+                    "span": span,
+                    "alias": alias,
+                    "vendor": vendor,
+                    "sql": sql,
                     "params": params,
-                    "many": q.get("many", False),
-                    "batch": q.get("batch"),
-                    "start_ns": q["start_ns"] - base,
-                    "duration_ns": q["end_ns"] - q["start_ns"],
-                    "rowcount": q.get("rowcount"),
-                    "atomic": q.get("atomic", False),
-                    "savepoint_depth": q.get("savepoint_depth", 0),
-                    "stack": stack_ref(q.get("stack")),
-                    "template": q.get("template"),
-                    "orm": q.get("orm"),
-                    "error": q.get("error"),
+                    "many": many,
+                    "batch": batch,
+                    "start_ns": start - base,
+                    "duration_ns": end - start,
+                    "rowcount": rowcount,
+                    "atomic": atomic,
+                    "savepoint_depth": savepoint_depth,
+                    "stack": None if key is None else get_ref(key) or stack_ref(key),
+                    "template": template,
+                    "orm": orm,
+                    "error": error,
                 }
             )
         cache = []
@@ -226,20 +434,33 @@ class Unit:
                 }
             )
         spans = []
-        for s in self.spans:
-            item: dict[str, Any] = {
-                "id": s.id,
-                "parent": s.parent,
-                "kind": s.kind,
-                "name": s.name,
-                "start_ns": s.start_ns - base,
-                "duration_ns": s.duration_ns,
-            }
-            if s.ref is not None:
-                item["ref"] = s.ref
-            if s.meta:
-                item["meta"] = s.meta
-            spans.append(item)
+        add = spans.append
+        objects = list(self._spans)
+        i = 0
+        count = len(objects)
+        next_id = objects[0].id if count else -1
+        for ref, q in enumerate(records):
+            leaf_id = q[_Q_LEAF]
+            if leaf_id is None:
+                continue
+            while 0 <= next_id < leaf_id:
+                add(_span_dict(objects[i], base))
+                i += 1
+                next_id = objects[i].id if i < count else -1
+            start = q[_Q_START]
+            add(
+                {
+                    "id": leaf_id,
+                    "parent": q[_Q_SPAN],
+                    "kind": SPAN_SQL,
+                    "name": q[_Q_SQL][:60],
+                    "start_ns": start - base,
+                    "duration_ns": q[_Q_END] - start,
+                    "ref": ref,
+                }
+            )
+        for span in objects[i:]:
+            add(_span_dict(span, base))
         end = self.end_ns if self.end_ns is not None else time.perf_counter_ns()
         return {
             "kind": self.kind,
@@ -261,6 +482,36 @@ class Unit:
             "instances": self.instances,
             "truncated": self.truncated,
         }
+
+
+def _span_dict(s: Span, base: int) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": s.id,
+        "parent": s.parent,
+        "kind": s.kind,
+        "name": s.name,
+        "start_ns": s.start_ns - base,
+        "duration_ns": s.duration_ns,
+    }
+    if s.ref is not None:
+        item["ref"] = s.ref
+    if s.meta:
+        item["meta"] = s.meta
+    return item
+
+
+def _query_span(record: tuple[Any, ...], ref: int) -> Span:
+    span = Span(record[_Q_LEAF], record[_Q_SPAN], SPAN_SQL, record[_Q_SQL][:60], record[_Q_START])
+    span.duration_ns = record[_Q_END] - record[_Q_START]
+    span.ref = ref
+    return span
+
+
+def _model_label(model: type) -> str:
+    try:
+        return model._meta.label  # type: ignore[attr-defined]
+    except Exception:
+        return getattr(model, "__qualname__", repr(model))
 
 
 # -- delivery ----------------------------------------------------------------------------------

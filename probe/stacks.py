@@ -19,10 +19,25 @@ probe's package or a ``LIBRARY_PATHS`` prefix. ``APP_PATHS`` prefixes are always
 so is the bundled demo (``djangoscope/resources/demo``) even when installed in site-packages.
 Pseudo files (``<frozen ...>``, ``<string>``) are library code; interactive ones (``<console>``,
 ``<stdin>``, ``<ipython-input-...>``) are app code.
+
+A :class:`StackMemo` (one per unit of work and thread, see ``recorder.Unit.stack_memo``) makes
+captures incremental. It keeps anchors: frames of earlier walks that outlive queries (the view,
+a template's ``{% for %}``). A walk stops at the first anchor it meets; the anchor is alive, so
+its callers and their lines are still the ones recorded, and what a walk would find above it is
+summarized once and reused. It also keeps stack shapes (the code objects from the capture point
+down to an anchor): when the frames at the same depths run the same code and the anchor is
+there, the result is read from those frames without a Python-level walk. The N+1 in a template
+loop then costs the ~15 frames below the loop instead of ~55. Generator and coroutine frames are
+never anchors: their ``f_back`` changes per resume. The memo holds strong references (no frame
+can die and have its id reused while it is there) until :meth:`StackMemo.clear`, which the unit
+calls when it finishes. The result is the same as a plain walk's, frame for frame
+(tests/probe/test_stack_memo.py).
 """
 
 from __future__ import annotations
 
+import inspect
+import operator
 import os
 import site
 import sys
@@ -38,7 +53,14 @@ HIDDEN = 2  # the probe's own frames: never kept, never "the library frame the a
 INTERNAL = 4  # library plumbing: never used as the no-app-frame fallback
 TEMPLATE = 8  # django.template.base.Node.render_annotated: the template node being rendered
 ORM = 16  # matches an ORM frame signature (see capture/orm.py)
+GEN = 32  # generator/coroutine code: its frame's caller changes per resume (never a memo anchor)
 _SPECIAL = HIDDEN | TEMPLATE | ORM
+_GEN_CODE = (
+    inspect.CO_GENERATOR
+    | inspect.CO_COROUTINE
+    | inspect.CO_ASYNC_GENERATOR
+    | inspect.CO_ITERABLE_COROUTINE
+)
 
 #: Interned-stack key of "no frames kept".
 EMPTY = 0
@@ -50,6 +72,8 @@ _getframe = sys._getframe
 
 # id(code) -> (code, flags, code index, ORM signature or None, normalized path)
 _classes: dict[int, tuple[CodeType, int, int, Any, str]] = {}
+#: id(code) -> its flags alone (the same entries as _classes: the memo walk's fast path).
+_flags: dict[int, int] = {}
 _code_index: dict[int, int] = {}
 _codes: list[CodeType] = []
 
@@ -62,6 +86,8 @@ _depth = 40
 _app_prefixes: tuple[str, ...] = ()
 _lib_prefixes: tuple[str, ...] = ()
 _config: Any = None
+#: Bumped whenever classification or depth may change: memos built before are discarded.
+_generation = 0
 
 # ORM signature table registered by capture/orm.py: id(code) -> signature, and its reader.
 _orm_signatures: dict[int, Any] = {}
@@ -165,7 +191,7 @@ _INTERNAL_LIBS = ("asgiref", "gunicorn", "uvicorn", "daphne", "hypercorn", "wait
 
 def configure(config: Any) -> None:
     """Apply ProbeConfig paths and depth; reclassifies code lazily when they change."""
-    global _depth, _app_prefixes, _lib_prefixes, _config
+    global _depth, _app_prefixes, _lib_prefixes, _config, _generation
     if config is _config:
         return
     with _lock:
@@ -174,17 +200,21 @@ def configure(config: Any) -> None:
         _lib_prefixes = tuple(_prefix(p) for p in config.library_paths)
         _config = config
         _classes.clear()
+        _flags.clear()
+        _generation += 1
     _load_template_codes()
 
 
 def register_orm(signatures: dict[int, Any], reader: Callable[..., Any] | None) -> None:
     """Install the ORM signature table (id(code) -> signature) and the function reading it."""
-    global _orm_reader
+    global _orm_reader, _generation
     with _lock:
         _orm_signatures.clear()
         _orm_signatures.update(signatures)
         _orm_reader = reader
         _classes.clear()
+        _flags.clear()
+        _generation += 1
 
 
 def _classify_path(filename: str) -> tuple[int, str]:
@@ -228,8 +258,11 @@ def _classify(code: CodeType) -> tuple[CodeType, int, int, Any, str]:
         flags |= ORM
     if key in _template_codes:
         flags |= TEMPLATE
+    if code.co_flags & _GEN_CODE:
+        flags |= GEN
     entry = (code, flags, index, signature, path)
     _classes[key] = entry
+    _flags[key] = flags
     return entry
 
 
@@ -242,16 +275,24 @@ def _load_template_codes() -> None:
         pass
 
 
-def capture_stack(skip: int = 0, orm: bool = True) -> StackInfo:
+def capture_stack(skip: int = 0, orm: bool = True, memo: StackMemo | None = None) -> StackInfo:
     """Walk the caller's stack once: (interned stack key, template dict, ORM context dict).
 
     ``skip`` frames above the caller are ignored (the caller itself is always skipped).
-    ``orm`` False skips the ORM signature reading (cache calls).
+    ``orm`` False skips the ORM signature reading (cache calls). ``memo``, when given, is the
+    calling thread's :class:`StackMemo` for the current unit: same result, far fewer frames.
     """
     try:
         frame: FrameType | None = _getframe(skip + 1)
     except ValueError:
         return EMPTY, None, None
+    if memo is not None and not memo.busy:
+        return _capture_memo(frame, orm, memo, skip + 2)  # type: ignore[arg-type]
+    return _capture_plain(frame, orm)  # type: ignore[arg-type]
+
+
+def _capture_plain(frame: FrameType | None, orm: bool, memo: StackMemo | None = None) -> StackInfo:
+    """:func:`capture_stack` without a memo: one walk of every frame from ``frame`` outward."""
     get = _classes.get
     ident = id
     flat: list[int] = []
@@ -301,11 +342,502 @@ def capture_stack(skip: int = 0, orm: bool = True) -> StackInfo:
     if lib_zone and fallback_frame is not None:
         flat = [fallback_entry[2], fallback_frame.f_lineno]
     key = _intern(tuple(flat))
-    template = _template_info(template_frame) if template_frame is not None else None
+    template = _template_info(template_frame, memo) if template_frame is not None else None
     context = None
     if hits is not None and _orm_reader is not None:
         context = _orm_reader(hits)
     return key, template, context
+
+
+# -- the memo ------------------------------------------------------------------------------------
+#
+# A summary stands for a run of consecutive frames (outermost part of a stack) as the walk would
+# see it if the run were a whole stack: a tuple
+#   (has_app, app, pending, hits, template, fallback)
+# - has_app: the run holds an app frame;
+# - app: (code index, line, ...) of its app frames, innermost first, at most ``_depth`` of them;
+# - pending: (code index, line) of the outermost non-hidden library frame below the innermost app
+#   frame (the library frame that app frame called), None if there is none or no app frame;
+# - hits: ((ORM signature, frame), ...) of the ORM frames below the innermost app frame, innermost
+#   first (all of them when there is no app frame);
+# - template: the innermost non-app TEMPLATE frame of the run, or None;
+# - fallback: (code index, line) of the innermost non-internal library frame, or None.
+# Frames are kept (not their locals): the ORM and template readers read them at capture time,
+# exactly as a plain walk would.
+
+_Summary = tuple[bool, tuple[int, ...], "tuple[int, int] | None", tuple, "FrameType | None", Any]
+_NOTHING: _Summary = (False, (), None, (), None, None)
+
+
+def _prepend(frame: FrameType, outer: _Summary) -> _Summary:
+    """The summary of ``frame`` followed (outward) by the run that ``outer`` summarizes."""
+    code = frame.f_code
+    entry = _classes.get(id(code)) or _classify(code)
+    flags = entry[1]
+    if flags & APP:
+        app = (entry[2], frame.f_lineno, *outer[1])
+        limit = 2 * _depth
+        if len(app) > limit:
+            app = app[:limit]
+        return (True, app, None, (), outer[4], outer[5])
+    if flags & HIDDEN:
+        return outer
+    has_app, app, pending, hits, template, fallback = outer
+    if has_app and pending is None:
+        pending = (entry[2], frame.f_lineno)
+    if flags & ORM:
+        hits = ((entry[3], frame), *hits)
+    if flags & TEMPLATE:
+        template = frame
+    if not flags & INTERNAL:
+        fallback = (entry[2], frame.f_lineno)
+    return (has_app, app, pending, hits, template, fallback)
+
+
+#: How many stack shapes a memo keeps (a template loop with two N+1s has two).
+MAX_SHAPES = 8
+
+
+class StackMemo:
+    """What one thread's previous walks within one unit of work left behind; see the module doc.
+
+    ``frames`` is the outermost part of the previous walk, outermost first, and ``index`` maps
+    its non-generator frames (the anchors) to their positions. A walk stops at the first anchor
+    it meets. ``sums[k]`` (computed lazily) summarizes ``frames[:k]``, and ``keys[k]`` caches the
+    interned key of a walk stopping at ``frames[k]`` whose frames below add nothing to it.
+
+    Which frames become anchors: the frames two consecutive full walks share from the outermost
+    one (``chain`` keeps the ids of the last full walk's frames, not the frames), then, one at a
+    time, the frame just below the deepest anchor when the next walk finds the same frame there
+    (``below``, the one frame of a walk kept alive until the next walk). In a template loop the
+    anchors end at the loop's frame; in a view's own loop, at the view's frame.
+
+    ``shapes`` spares even the walk down to the anchor: a shape is the list of code objects a
+    walk met down to an anchor, with what each one meant for the result. When the frames at the
+    same depths run the same code objects and the anchor is there, the result is read from those
+    frames directly; checking that takes C-level calls only (``sys._getframe`` by depth).
+
+    After a walk that stopped at ``frames[k]``, ``frames[:k]`` are still exactly that frame's
+    callers at the same lines (a frame cannot return while a frame it called is alive, and a
+    non-generator frame keeps its caller), so ``sums[:k + 1]`` stay valid and the frames below
+    ``k`` are dropped.
+    """
+
+    __slots__ = (
+        "below",
+        "below_at",
+        "busy",
+        "chain",
+        "frames",
+        "generation",
+        "index",
+        "keys",
+        "shapes",
+        "sums",
+        "templates",
+    )
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop every reference (the unit calls this when it finishes)."""
+        self.frames: list[FrameType] = []
+        self.index: dict[FrameType, int] = {}
+        self.chain: list[int] = []
+        self.below: FrameType | None = None
+        self.below_at = -1
+        self.sums: list[_Summary] = [_NOTHING]
+        self.keys: list[int | None] = [None]
+        self.shapes: list[_Shape] = []
+        #: id(template node) -> (node, template dict): one dict per node and unit.
+        self.templates: dict[int, tuple[Any, dict[str, Any] | None]] = {}
+        self.generation = _generation
+
+    def summary(self, k: int) -> _Summary:
+        """``sums[k]``, computing the missing ones from the live frames (callers of frames[k])."""
+        sums = self.sums
+        if k < len(sums):
+            return sums[k]
+        frames = self.frames
+        keys = self.keys
+        outer = sums[-1]
+        for i in range(len(sums) - 1, k):
+            outer = _prepend(frames[i], outer)
+            sums.append(outer)
+            keys.append(None)
+        return outer
+
+    def key(self, k: int) -> int:
+        """The key of a walk stopping at frames[k] whose other frames are all plain library
+        frames, when ``sums[k]`` has both an app frame and its pending library frame."""
+        key = self.keys[k]
+        if key is None:
+            outer = self.sums[k]
+            key = _intern((*outer[2], *outer[1][: 2 * (_depth - 1)]))
+            if key != EMPTY:
+                self.keys[k] = key
+        return key
+
+    def advance(self, stop: int, below: FrameType | None) -> None:
+        """After a walk that stopped at frames[stop], ``below`` being the frame just below it."""
+        frames = self.frames
+        if stop < len(frames) - 1:
+            pop = self.index.pop
+            for frame in frames[stop + 1 :]:
+                pop(frame, None)
+            del frames[stop + 1 :]
+        if len(self.sums) > stop + 1:
+            del self.sums[stop + 1 :]
+            del self.keys[stop + 1 :]
+        if below is None:
+            self.below = None
+        elif below is self.below and self.below_at == stop:
+            # Still there a walk later: a frame that outlives queries, make it an anchor.
+            self.below = None
+            frames.append(below)
+            if not _flags[id(below.f_code)] & GEN:
+                self.index[below] = stop + 1
+        else:
+            self.below = below
+            self.below_at = stop
+
+    def restart(self, start: FrameType | None) -> None:
+        """After a walk that met no anchor (from ``start``): the frames this walk shares with
+        the previous such walk, from the outermost one, become the anchors."""
+        chain = []
+        while start is not None:
+            chain.append(start)
+            start = start.f_back
+        chain.reverse()
+        old = self.chain
+        same = 0
+        limit = min(len(chain), len(old))
+        while same < limit and id(chain[same]) == old[same]:
+            same += 1
+        self.chain = [*map(id, chain)]
+        frames = chain[:same]
+        flags = _flags
+        self.frames = frames
+        self.index = {
+            frame: i for i, frame in enumerate(frames) if not flags[id(frame.f_code)] & GEN
+        }
+        self.below = None
+        self.below_at = -1
+        self.sums = [_NOTHING]
+        self.keys = [None]
+        self.shapes = []
+
+
+class _Shape:
+    """A walk from a start frame down to an anchor, as code objects and what they meant.
+
+    ``count`` frames from the start frame to the anchor (included); ``codes``: the code objects
+    of those above the anchor (the anchor is known by identity). Then positions (in the list of
+    frames) of: ORM frames before the first app frame with their signatures (``hits``), the
+    first template frame (``template``, -1: none), the first app frame (``first_app``), app
+    frames with their code indexes (``apps``); and (position, code index) of the frame the first
+    app frame called (``pending``), of the last non-hidden frame (``last_lib``) and of the first
+    non-internal one (``first_open``), None when there is none. ``plan`` caches the ORM frames
+    to read, in the reader's order (outer ones included).
+    """
+
+    __slots__ = (
+        "anchor",
+        "apps",
+        "codes",
+        "count",
+        "first_app",
+        "first_open",
+        "hits",
+        "last_lib",
+        "pending",
+        "plan",
+        "template",
+    )
+
+    def __init__(self, frames: list[FrameType]) -> None:
+        codes = [*map(_code_of, frames)]
+        first_app = -1
+        hits: list[tuple[int, Any]] = []
+        template = -1
+        apps: list[tuple[int, int]] = []
+        pending = last_lib = first_open = None
+        for i, code in enumerate(codes):
+            entry = _classes.get(id(code)) or _classify(code)
+            flags = entry[1]
+            if flags & APP:
+                if first_app < 0:
+                    first_app = i
+                    pending = last_lib
+                apps.append((i, entry[2]))
+                continue
+            if flags & TEMPLATE and template < 0:
+                template = i
+            if first_app < 0 and not flags & HIDDEN:
+                if flags & ORM:
+                    hits.append((i, entry[3]))
+                last_lib = (i, entry[2])
+                if first_open is None and not flags & INTERNAL:
+                    first_open = (i, entry[2])
+        self.count = len(frames)
+        self.anchor = frames[-1]
+        self.codes = codes[:-1]  # the anchor's own code goes without saying
+        self.first_app = first_app
+        self.hits = hits
+        self.template = template
+        self.apps = apps
+        self.pending = pending
+        self.last_lib = last_lib
+        self.first_open = first_open
+        self.plan: list[tuple[Any, int, FrameType | None]] | None = None
+
+    def orm_plan(self, outer: _Summary) -> list[tuple[Any, int, FrameType | None]]:
+        """(signature, position or -1, outer frame or None) of every ORM frame the reader may
+        read, sorted as it sorts them (priority, then innermost first)."""
+        if self.plan is None:
+            plan: list[tuple[Any, int, FrameType | None]] = [(sig, i, None) for i, sig in self.hits]
+            if self.first_app < 0:
+                plan.extend((sig, -1, frame) for sig, frame in outer[3])
+            plan.sort(key=_plan_priority)
+            self.plan = plan
+        return self.plan
+
+
+def _plan_priority(item: tuple[Any, int, Any]) -> int:
+    return item[0].priority  # type: ignore[no-any-return]
+
+
+_code_of = operator.attrgetter("f_code")
+
+
+def _last_lib(start: FrameType, end: FrameType | None) -> tuple[int, int] | None:
+    """(code index, line) of the last non-hidden frame from ``start`` outward, before ``end``
+    (library frames only there): the library frame the app frame ``end`` called."""
+    found = None
+    frame: FrameType | None = start
+    while frame is not None and frame is not end:
+        if not _flags[id(frame.f_code)] & HIDDEN:
+            found = frame
+        frame = frame.f_back
+    if found is None:
+        return None
+    return _classes[id(found.f_code)][2], found.f_lineno
+
+
+def _first_open(start: FrameType, end: FrameType) -> tuple[int, int] | None:
+    """(code index, line) of the first non-internal frame from ``start`` to ``end`` included."""
+    frame: FrameType | None = start
+    while frame is not None:
+        if not _flags[id(frame.f_code)] & INTERNAL:
+            return _classes[id(frame.f_code)][2], frame.f_lineno
+        if frame is end:
+            break
+        frame = frame.f_back
+    return None
+
+
+_NOTABLE = APP | ORM | TEMPLATE
+
+
+def _capture_memo(start: FrameType, orm: bool, memo: StackMemo, base: int) -> StackInfo:
+    """:func:`capture_stack` with a memo (``start`` is ``_getframe(base)`` here).
+
+    First the known shapes, then a walk down to the first anchor. Below the innermost app
+    frame only app, ORM and template frames matter to the result; the library frame an app
+    frame called and the no-app fallback are looked up afterwards, when needed. Same result as
+    :func:`_capture_plain`, frame for frame.
+    """
+    memo.busy = True
+    try:
+        if memo.generation != _generation:
+            memo.clear()
+        index = memo.index
+        if not index:
+            found = _capture_plain(start, orm, memo)
+            memo.restart(start)
+            return found
+        getframe = _getframe
+        for shape in memo.shapes:
+            count = shape.count
+            try:
+                if getframe(base + count - 1) is not shape.anchor:
+                    continue
+            except ValueError:
+                continue
+            # The frames above the anchor (the anchor's own code is known by its identity).
+            frames = [*map(getframe, range(base, base + count - 1))]
+            if [*map(_code_of, frames)] == shape.codes:
+                stop = index.get(shape.anchor)
+                if stop is None:  # no longer an anchor
+                    memo.shapes.remove(shape)
+                    break
+                frames.append(shape.anchor)
+                return _apply_shape(shape, frames, stop, orm, memo)
+        fget = _flags.get
+        ident = id
+        template_frame = None
+        hits: list[tuple[Any, FrameType]] | None = None
+        flat: list[int] | None = None
+        kept = 0
+        depth = _depth
+        prev = None
+        frame: FrameType | None = start
+        flags = 0
+        count = 1
+        while frame is not None:
+            flags = fget(ident(frame.f_code))
+            if flags is None:
+                flags = _classify(frame.f_code)[1]
+            if flags & _NOTABLE:
+                if flags & APP:
+                    flat = []
+                    if prev is not None:
+                        if not _flags[ident(prev.f_code)] & HIDDEN:
+                            flat.append(_classes[ident(prev.f_code)][2])
+                            flat.append(prev.f_lineno)
+                            kept = 1
+                        else:
+                            pending = _last_lib(start, frame)
+                            if pending is not None:
+                                flat.extend(pending)
+                                kept = 1
+                    break
+                if flags & ORM and orm:
+                    if hits is None:
+                        hits = []
+                    hits.append((_classes[ident(frame.f_code)][3], frame))
+                if flags & TEMPLATE and template_frame is None:
+                    template_frame = frame
+            if frame in index:
+                break
+            prev = frame
+            frame = frame.f_back
+            count += 1
+        if flat is not None:
+            # From the innermost app frame outward: app frames and the template frame only.
+            while True:
+                if flags & APP:
+                    if kept < depth:
+                        flat.append(_classes[ident(frame.f_code)][2])  # type: ignore[union-attr]
+                        flat.append(frame.f_lineno)  # type: ignore[union-attr]
+                        kept += 1
+                elif flags & TEMPLATE and template_frame is None:
+                    template_frame = frame
+                if frame in index:
+                    break
+                prev = frame
+                frame = frame.f_back  # type: ignore[union-attr]
+                if frame is None:
+                    break
+                count += 1
+                flags = fget(ident(frame.f_code))
+                if flags is None:
+                    flags = _classify(frame.f_code)[1]
+        if frame is None:
+            # No anchor on this stack: a plain walk, and new anchors.
+            found = _capture_plain(start, orm, memo)
+            memo.restart(start)
+            return found
+        stop = index[frame]
+        frames = [*map(getframe, range(base, base + count))]
+        if frames[-1] is frame:
+            shapes = memo.shapes
+            shapes.insert(0, _Shape(frames))
+            if len(shapes) > MAX_SHAPES:
+                shapes.pop()
+        outer = memo.summary(stop)
+        if template_frame is None:
+            template_frame = outer[4]
+        if flat is not None:
+            if kept < depth:
+                flat.extend(outer[1][: 2 * (depth - kept)])
+            key = _intern(tuple(flat))
+        else:
+            if orm and outer[3]:
+                hits = [*hits, *outer[3]] if hits is not None else list(outer[3])
+            if not outer[0]:
+                fallback = _first_open(start, frame) or outer[5]
+                key = _intern(fallback) if fallback is not None else EMPTY
+            elif outer[2] is not None:
+                key = memo.key(stop)
+            else:
+                pending = _last_lib(start, frame.f_back)
+                flat = [*pending] if pending is not None else []
+                flat.extend(outer[1][: 2 * (depth - len(flat) // 2)])
+                key = _intern(tuple(flat))
+        memo.advance(stop, prev)
+        template = _template_info(template_frame, memo) if template_frame is not None else None
+        context = None
+        if hits is not None and _orm_reader is not None:
+            context = _orm_reader(hits)
+        return key, template, context
+    except BaseException:
+        memo.clear()  # never keep a memo that an interrupted update may have left half-done
+        raise
+    finally:
+        memo.busy = False
+
+
+def _apply_shape(
+    shape: _Shape, frames: list[FrameType], stop: int, orm: bool, memo: StackMemo
+) -> StackInfo:
+    """The walk's result from the frames of a known shape (anchor ``frames[-1]`` at ``stop``)."""
+    sums = memo.sums
+    outer = sums[stop] if stop < len(sums) else memo.summary(stop)
+    if shape.first_app >= 0:
+        depth = _depth
+        flat: list[int] = []
+        pending = shape.pending
+        if pending is not None:
+            flat.append(pending[1])
+            flat.append(frames[pending[0]].f_lineno)
+        kept = len(flat) // 2
+        for i, code_index in shape.apps:
+            if kept >= depth:
+                break
+            flat.append(code_index)
+            flat.append(frames[i].f_lineno)
+            kept += 1
+        if kept < depth:
+            flat.extend(outer[1][: 2 * (depth - kept)])
+        key = _intern(tuple(flat))
+    elif not outer[0]:
+        first_open = shape.first_open
+        if first_open is not None:
+            key = _intern((first_open[1], frames[first_open[0]].f_lineno))
+        elif outer[5] is not None:
+            key = _intern(outer[5])
+        else:
+            key = EMPTY
+    elif outer[2] is not None:
+        key = memo.keys[stop] or memo.key(stop)
+    else:
+        last_lib = shape.last_lib
+        flat = [last_lib[1], frames[last_lib[0]].f_lineno] if last_lib is not None else []
+        flat.extend(outer[1][: 2 * (_depth - len(flat) // 2)])
+        key = _intern(tuple(flat))
+    # What memo.advance(stop, frames[-2]) does, inlined for the usual case.
+    below = frames[-2] if len(frames) > 1 else None
+    if stop == len(memo.frames) - 1 and len(sums) <= stop + 1 and below is not memo.below:
+        memo.below = below
+        memo.below_at = stop
+    else:
+        memo.advance(stop, below)
+    template = shape.template
+    template_frame = frames[template] if template >= 0 else outer[4]
+    found = _template_info(template_frame, memo) if template_frame is not None else None
+    context = None
+    if orm and _orm_reader is not None:
+        plan = shape.plan if shape.plan is not None else shape.orm_plan(outer)
+        if plan:
+            sig, i, frame = plan[0]
+            context = _orm_reader([(sig, frames[i] if frame is None else frame)], True)
+            if context is None and len(plan) > 1:
+                rest = [(sig, frames[i] if frame is None else frame) for sig, i, frame in plan[1:]]
+                context = _orm_reader(rest, True)
+    return key, found, context
 
 
 def _intern(flat: tuple[int, ...]) -> int:
@@ -328,9 +860,23 @@ def _intern(flat: tuple[int, ...]) -> int:
 _UNKNOWN_SOURCE = "<unknown source>"
 
 
-def _template_info(frame: FrameType) -> dict[str, Any] | None:
-    """Template name and line of the node being rendered (Node.render_annotated's ``self``)."""
+def _template_info(frame: FrameType, memo: StackMemo | None = None) -> dict[str, Any] | None:
+    """Template name and line of the node being rendered (Node.render_annotated's ``self``).
+
+    With a memo, a node's dict is made once per unit and shared by its records.
+    """
     node = frame.f_locals.get("self")
+    if memo is None:
+        return _node_info(node)
+    known = memo.templates.get(id(node))
+    if known is not None and known[0] is node:
+        return known[1]
+    info = _node_info(node)
+    memo.templates[id(node)] = (node, info)
+    return info
+
+
+def _node_info(node: Any) -> dict[str, Any] | None:
     origin = getattr(node, "origin", None)
     token = getattr(node, "token", None)
     if origin is None:

@@ -245,7 +245,7 @@ def _sync_wrapper(alias: str, backend: str, op: str, original: Any) -> Any:
         token = _active.set(call)
         try:
             try:
-                stack = stacks.capture_stack(1, orm=False)
+                stack = stacks.capture_stack(1, False, unit.stack_memo())
                 args, kwargs, keys, default = _prepare(op, args, kwargs)
             except Exception:
                 note_error("cache")
@@ -282,7 +282,7 @@ def _async_wrapper(alias: str, backend: str, op: str, original: Any) -> Any:
         token = _active.set(call)
         try:
             try:
-                stack = stacks.capture_stack(1, orm=False)
+                stack = stacks.capture_stack(1, False, unit.stack_memo())
                 args, kwargs, keys, default = _prepare(op, args, kwargs)
             except Exception:
                 note_error("cache")

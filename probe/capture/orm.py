@@ -43,6 +43,7 @@ from types import CodeType, FrameType
 from typing import Any, NamedTuple
 
 import django
+from django.db.models import Model
 
 from .. import stacks
 from ..conf import REDACTED
@@ -136,27 +137,49 @@ class Signature:
         self.read = read
 
 
+# Per-process caches of what never changes for a model class, a field or a relation once the
+# app registry is ready (readers run on every query). Keyed by the object itself, or by id()
+# with the object kept in the value (relations define __eq__/__hash__ on their contents).
+_labels: dict[Any, str] = {}
+
+
 def _label(model: Any) -> str | None:
-    meta = getattr(model, "_meta", None)
-    return meta.label if meta is not None else None
+    try:
+        label = _labels.get(model)
+    except TypeError:  # unhashable: not a model class
+        label = None
+    if label is None:
+        meta = getattr(model, "_meta", None)
+        if meta is None:
+            return None
+        label = meta.label
+        if isinstance(model, type):
+            _labels[model] = label
+    return label
 
 
-_sensitive_pk: dict[type, bool] = {}
+#: model -> (label, pk column is sensitive, pk attname or None when ``pk`` is not Django's own
+#: property, e.g. a composite primary key's).
+_sensitive_pk: dict[type, tuple[str, bool, str | None]] = {}
 _is_sensitive: Callable[[str | None], bool] = lambda column: False  # noqa: E731
+_PK_PROPERTY = Model.__dict__["pk"]
 
 
 def _ident(obj: Any) -> str | None:
     """``"app.Model:pk"``; a pk whose column is sensitive (a session key) is hashed instead."""
-    pk = obj.pk
+    model = type(obj)
+    known = _sensitive_pk.get(model)
+    if known is None:
+        meta = obj._meta
+        attname = meta.pk.attname if getattr(model, "pk", None) is _PK_PROPERTY else None
+        known = _sensitive_pk[model] = (meta.label, _is_sensitive(meta.pk.column), attname)
+    # Model.pk is getattr(obj, obj._meta.pk.attname): read that directly when pk is Django's.
+    pk = obj.pk if known[2] is None else getattr(obj, known[2])
     if pk is None:
         return None
-    model = type(obj)
-    hide = _sensitive_pk.get(model)
-    if hide is None:
-        hide = _sensitive_pk[model] = _is_sensitive(obj._meta.pk.column)
-    if hide:
-        return f"{obj._meta.label}:{REDACTED}#{hash(pk) & 0xFFFFFFFF:08x}"
-    return f"{obj._meta.label}:{pk}"
+    if known[1]:
+        return f"{known[0]}:{REDACTED}#{hash(pk) & 0xFFFFFFFF:08x}"
+    return f"{known[0]}:{pk}"
 
 
 def _cache_name(rel: Any) -> str:
@@ -188,13 +211,16 @@ def _manager_relation(manager: Any) -> tuple[str, str, str] | None:
     return rel.get_accessor_name(), _cache_name(rel), "reverse_fk"
 
 
-_m2m_candidates: dict[tuple[type, type], list[tuple[str, str, str]]] = {}
+#: owner model -> target model -> [(accessor, prefetch cache name, through table)].
+_m2m_candidates: dict[type, dict[type, list[tuple[str, str, str]]]] = {}
 
 
-def _m2m_relation(owner: type, target: type, query: Any) -> tuple[str, str] | None:
+def _m2m_relation(owner: type, target: type, qs: Any) -> tuple[str, str] | None:
     """The many-to-many accessor joining owner to target (through table breaks ties)."""
-    key = (owner, target)
-    found = _m2m_candidates.get(key)
+    by_target = _m2m_candidates.get(owner)
+    if by_target is None:
+        by_target = _m2m_candidates[owner] = {}
+    found = by_target.get(target)
     if found is None:
         found = []
         for field in owner._meta.many_to_many:
@@ -205,11 +231,11 @@ def _m2m_relation(owner: type, target: type, query: Any) -> tuple[str, str] | No
             if rel.many_to_many and rel.related_model is target:
                 through = rel.through._meta.db_table
                 found.append((rel.get_accessor_name(), rel.field.related_query_name(), through))
-        _m2m_candidates[key] = found
+        by_target[target] = found
     if not found:
         return None
     if len(found) > 1:
-        tables = {getattr(j, "table_name", None) for j in query.alias_map.values()}
+        tables = {getattr(j, "table_name", None) for j in qs.query.alias_map.values()}
         for accessor, cache, through in found:
             if through in tables:
                 return accessor, cache
@@ -231,17 +257,40 @@ def _deferred(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
     }
 
 
+#: FK descriptor -> (owner class, model label, field name, target label, relation).
+_fk_shapes: dict[Any, tuple[type, str | None, str, str | None, str]] = {}
+
+
 def _fk(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
     instance, descriptor = loc.get("instance"), loc.get("self")
     if instance is None or descriptor is None:
         return None
-    field = descriptor.field
+    model = type(instance)
+    try:
+        shape = _fk_shapes.get(descriptor)
+    except TypeError:  # an unhashable descriptor: nothing cached
+        shape = None
+    if shape is None or shape[0] is not model:
+        field = descriptor.field
+        target = _label(field.related_model)
+        shape = (
+            model,
+            _label(model),
+            field.name,
+            target,
+            "o2o" if field.one_to_one else "fk",
+        )
+        if target is not None:  # the relation is resolved: it will not change any more
+            try:
+                _fk_shapes[descriptor] = shape
+            except TypeError:
+                pass
     return {
         "op": "fk",
-        "model": _label(type(instance)),
-        "field": field.name,
-        "target": _label(field.related_model),
-        "relation": "o2o" if field.one_to_one else "fk",
+        "model": shape[1],
+        "field": shape[2],
+        "target": shape[3],
+        "relation": shape[4],
         "instance": _ident(instance),
     }
 
@@ -377,6 +426,10 @@ def _update(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
     return {"op": "update", "model": _label(qs.model), "fields": sorted(loc.get("kwargs") or ())}
 
 
+#: id(reverse relation) -> (relation, accessor, prefetch cache name).
+_reverse_names: dict[int, tuple[Any, str, str]] = {}
+
+
 def _queryset_relation(qs: Any) -> tuple[Any, str, str, str] | None:
     """(owner, accessor, prefetch cache name, kind) of a related manager's queryset."""
     owner = qs._hints.get("instance")
@@ -385,24 +438,52 @@ def _queryset_relation(qs: Any) -> tuple[Any, str, str, str] | None:
     known = qs._known_related_objects
     if known:
         rel = next(iter(known)).remote_field
-        return owner, rel.get_accessor_name(), _cache_name(rel), "reverse_fk"
-    found = _m2m_relation(type(owner), qs.model, qs.query)
+        names = _reverse_names.get(id(rel))
+        if names is None or names[0] is not rel:
+            names = _reverse_names[id(rel)] = (rel, rel.get_accessor_name(), _cache_name(rel))
+        return owner, names[1], names[2], "reverse_fk"
+    found = _m2m_relation(type(owner), qs.model, qs)
     if found is None:
         return None  # e.g. the queryset of a forward FK descriptor: not a related manager's
     return owner, found[0], found[1], "m2m"
 
 
-def _related_shape(qs: Any, relation: tuple[Any, str, str, str]) -> dict[str, Any]:
+def _related_context(
+    qs: Any, relation: tuple[Any, str, str, str], op: str, method: str | None
+) -> dict[str, Any]:
+    """The ``related_manager`` (with ``method``) or ``related_fetch`` context of a queryset."""
     owner, accessor, cache_name, kind = relation
     query = qs.query
+    owner_model = type(owner)
+    model = _labels.get(owner_model) or _label(owner_model)
+    target_model = qs.model
+    target = _labels.get(target_model) or _label(target_model)
+    cache = getattr(owner, "_prefetched_objects_cache", None)
+    prefetched = bool(cache) and cache_name in cache
+    filtered = len(query.where.children) > 1
+    limited = bool(query.low_mark) or query.high_mark is not None
+    if method is None:
+        return {
+            "op": op,
+            "model": model,
+            "field": accessor,
+            "target": target,
+            "kind": kind,
+            "prefetched": prefetched,
+            "filtered": filtered,
+            "limited": limited,
+            "instance": _ident(owner),
+        }
     return {
-        "model": _label(type(owner)),
+        "op": op,
+        "method": method,
+        "model": model,
         "field": accessor,
-        "target": _label(qs.model),
+        "target": target,
         "kind": kind,
-        "prefetched": _prefetched(owner, cache_name),
-        "filtered": len(query.where.children) > 1,
-        "limited": bool(query.low_mark) or query.high_mark is not None,
+        "prefetched": prefetched,
+        "filtered": filtered,
+        "limited": limited,
         "instance": _ident(owner),
     }
 
@@ -414,7 +495,7 @@ def _queryset(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
     if qs._hints:
         relation = _queryset_relation(qs)
         if relation is not None:
-            return {"op": "related_manager", "method": sig.method, **_related_shape(qs, relation)}
+            return _related_context(qs, relation, "related_manager", sig.method)
     return {"op": "queryset", "method": sig.method, "model": _label(qs.model)}
 
 
@@ -423,7 +504,7 @@ def _related_fetch(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None
     relation = _queryset_relation(qs) if qs is not None and qs._hints else None
     if relation is None:
         return None
-    return {"op": "related_fetch", **_related_shape(qs, relation)}
+    return _related_context(qs, relation, "related_fetch", None)
 
 
 READERS: dict[str, Callable[[dict[str, Any], Signature], dict[str, Any] | None]] = {
@@ -508,10 +589,15 @@ def _priority(hit: tuple[Signature, FrameType]) -> int:
     return hit[0].priority
 
 
-def read_context(hits: list[tuple[Signature, FrameType]]) -> dict[str, Any] | None:
-    """Pick the ORM context from matched frames (innermost first), by priority."""
-    if len(hits) > 1:
-        hits = sorted(hits, key=_priority)  # stable: ties keep the innermost first
+def read_context(
+    hits: list[tuple[Signature, FrameType]], ordered: bool = False
+) -> dict[str, Any] | None:
+    """Pick the ORM context from matched frames (innermost first), by priority.
+
+    ``ordered``: the caller already sorted them (stacks.py does for known stack shapes).
+    """
+    if len(hits) > 1 and not ordered:
+        hits.sort(key=_priority)  # stable: ties keep the innermost first (the list is ours)
     for sig, frame in hits:
         try:
             result = sig.read(frame.f_locals, sig)
@@ -532,6 +618,10 @@ def install(config: Any = None) -> None:
     if config is not None:
         _is_sensitive = make_sensitive_check(config.sensitive)
         _sensitive_pk.clear()
+    _labels.clear()
+    _fk_shapes.clear()
+    _reverse_names.clear()
+    _m2m_candidates.clear()
     if _installed:
         return
     stacks.register_orm(build_table(), read_context)

@@ -16,6 +16,7 @@ Django's own ``connection.queries``.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from itertools import islice
@@ -23,6 +24,7 @@ from typing import Any
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.utils import ConnectionHandler
 
 from .. import recorder, stacks
@@ -34,7 +36,10 @@ MANY_ROWS_KEPT = 3
 
 _perf_ns = time.perf_counter_ns
 _capture = stacks.capture_stack
+_get_ident = threading.get_ident
 _originals: dict[str, Any] = {}
+#: Django's own cursor wrappers: ``rowcount`` is their DB-API cursor's (``__getattr__``).
+_PLAIN_CURSORS = frozenset({CursorWrapper, CursorDebugWrapper})
 
 
 class _CountingIter:
@@ -95,7 +100,8 @@ def execute_wrapper(
     counter = None
     try:
         connection = context["connection"]
-        key, template, orm = _capture(1)
+        memo = unit.memo if unit.thread_id == _get_ident() else unit.stack_memo()
+        key, template, orm = _capture(1, True, memo)
         batch = None
         if many:
             if isinstance(params, (list, tuple)):
@@ -108,22 +114,12 @@ def execute_wrapper(
                 counter = params = _CountingIter(params)
                 kept = counter.first
         else:
-            kept = _copy_params(params)
-        record = {
-            "sql": sql if type(sql) is str else str(sql),
-            "params": kept,
-            "many": many,
-            "batch": batch,
-            "alias": connection.alias,
-            "vendor": connection.vendor,
-            "atomic": connection.in_atomic_block,
-            "savepoint_depth": len(connection.savepoint_ids),
-            "stack": key,
-            "template": template,
-            "orm": orm,
-            "rowcount": None,
-            "error": None,
-        }
+            kept = params if type(params) is tuple else _copy_params(params)
+        text = sql if type(sql) is str else str(sql)
+        alias = connection.alias
+        vendor = connection.vendor
+        atomic = connection.in_atomic_block
+        depth = len(connection.savepoint_ids)
     except Exception:
         note_error("sql")
         return execute(sql, params, many, context)
@@ -132,37 +128,36 @@ def execute_wrapper(
         result = execute(sql, params, many, context)
     except Exception as exc:
         end = _perf_ns()
-        _finish(unit, record, start, end, counter, context, type(exc).__name__)
+        try:
+            if counter is not None:
+                batch = counter.count
+            unit.add_query_record(
+                text, kept, many, batch, alias, vendor, atomic, depth, key, template, orm,
+                None, type(exc).__name__, start, end,
+            )  # fmt: skip
+        except Exception:
+            note_error("sql")
         raise
     end = _perf_ns()
-    _finish(unit, record, start, end, counter, context, None)
-    return result
-
-
-def _finish(
-    unit: recorder.Unit,
-    record: dict[str, Any],
-    start: int,
-    end: int,
-    counter: _CountingIter | None,
-    context: dict[str, Any],
-    error: str | None,
-) -> None:
     try:
-        record["start_ns"] = start
-        record["end_ns"] = end
-        record["error"] = error
         if counter is not None:
-            record["batch"] = counter.count
-        if error is None:
-            try:
-                rowcount = context["cursor"].rowcount
-            except Exception:
+            batch = counter.count
+        try:
+            cursor = context["cursor"]
+            if type(cursor) in _PLAIN_CURSORS:
+                cursor = cursor.cursor  # what their __getattr__ would read rowcount from
+            rowcount = cursor.rowcount
+            if type(rowcount) is not int or rowcount < 0:
                 rowcount = None
-            record["rowcount"] = rowcount if type(rowcount) is int and rowcount >= 0 else None
-        unit.add_query(record)
+        except Exception:
+            rowcount = None
+        unit.add_query_record(
+            text, kept, many, batch, alias, vendor, atomic, depth, key, template, orm,
+            rowcount, None, start, end,
+        )  # fmt: skip
     except Exception:
         note_error("sql")
+    return result
 
 
 def attach(connection: BaseDatabaseWrapper) -> None:
@@ -215,7 +210,7 @@ def _transaction(statement: str, original: Callable[..., Any]) -> Callable[..., 
             if autocommit:
                 return original(self, *args, **kwargs)
         span = None
-        queries_before = len(unit.queries)
+        queries_before = len(unit.records)
         start = _perf_ns()
         error = None
         try:
@@ -235,7 +230,7 @@ def _transaction(statement: str, original: Callable[..., Any]) -> Callable[..., 
             try:
                 # SQLite's BEGIN goes through a cursor (already recorded); COMMIT, ROLLBACK
                 # and other backends' BEGIN do not, yet Django logs them as queries.
-                if statement != "BEGIN" or len(unit.queries) == queries_before:
+                if statement != "BEGIN" or len(unit.records) == queries_before:
                     _record_statement(unit, self, statement, start, error)
                 unit.close_span(span)
             except Exception:
@@ -252,25 +247,23 @@ def _record_statement(
     start: int,
     error: str | None,
 ) -> None:
-    key, _template, _orm = _capture(2, orm=False)
-    unit.add_query(
-        {
-            "sql": statement,
-            "params": None,
-            "many": False,
-            "batch": None,
-            "alias": connection.alias,
-            "vendor": connection.vendor,
-            "atomic": connection.in_atomic_block,
-            "savepoint_depth": len(connection.savepoint_ids),
-            "stack": key,
-            "template": None,
-            "orm": {"op": "transaction", "statement": statement},
-            "rowcount": None,
-            "error": error,
-            "start_ns": start,
-            "end_ns": _perf_ns(),
-        }
+    key, _template, _orm = _capture(2, False, unit.stack_memo())
+    unit.add_query_record(
+        statement,
+        None,
+        False,
+        None,
+        connection.alias,
+        connection.vendor,
+        connection.in_atomic_block,
+        len(connection.savepoint_ids),
+        key,
+        None,
+        {"op": "transaction", "statement": statement},
+        None,
+        error,
+        start,
+        _perf_ns(),
     )
 
 
