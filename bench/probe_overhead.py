@@ -52,36 +52,82 @@ class Worker:
         self.process.wait(30)
 
 
+class Discard:
+    """A live collector in this process that decodes every unit and drops it."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from djangoscope.app.ingest.server import Collector
+
+        self.collector = Collector("127.0.0.1", 0, token=TOKEN)
+        self.collector.start()
+        self.address = self.collector.address
+        self._running = True
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        import queue
+
+        while self._running:
+            try:
+                self.collector.events.get(timeout=0.2)
+            except queue.Empty:
+                pass
+
+    def stop(self) -> None:
+        self._running = False
+        self.collector.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--requests", type=int, default=20, help="requests per round and page")
+    parser.add_argument(
+        "--collector",
+        choices=("record", "discard", "none"),
+        default="record",
+        help="record: a real `djangoscope record` subprocess writing SQLite (default); discard: "
+        "an in-process collector that decodes and drops units; none: no collector at all "
+        "(the probe's request-thread cost alone, its ring dropping the oldest units)",
+    )
     args = parser.parse_args()
 
     from djangoscope.app.demo import demo_env, manage
 
     work = Path(tempfile.mkdtemp(prefix="djangoscope-bench-"))
     session = work / "bench.djscope"
-    record = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "djangoscope.app.cli",
-            "record",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-            str(session),
-            "--token",
-            TOKEN,
-            "--quiet",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert record.stdout is not None
-    first = record.stdout.readline()
-    address = first.split("listening on ")[1].split(",")[0]
+    record = discard = None
+    if args.collector == "record":
+        record = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "djangoscope.app.cli",
+                "record",
+                "--listen",
+                "127.0.0.1:0",
+                "--out",
+                str(session),
+                "--token",
+                TOKEN,
+                "--quiet",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert record.stdout is not None
+        first = record.stdout.readline()
+        address = first.split("listening on ")[1].split(",")[0]
+    elif args.collector == "discard":
+        discard = Discard()
+        address = discard.address
+    else:
+        from djangoscope.app.demo import free_port
+
+        address = f"127.0.0.1:{free_port()}"  # nothing listens there
     env = demo_env(address, TOKEN, str(work / "bookshop.sqlite3"))
     manage(env, "migrate", "--noinput")
     manage(env, "seed_bookshop")
@@ -93,7 +139,7 @@ def main() -> int:
                 answer = worker.ask(path=path, n=3)
                 if answer["queries"] not in (None, queries):
                     raise RuntimeError(f"{path}: expected {queries} queries, ran {answer}")
-        if not probed.ask(wait_connected=10)["connected"]:
+        if args.collector != "none" and not probed.ask(wait_connected=10)["connected"]:
             raise RuntimeError("the probe did not connect to the collector")
         results: dict[str, dict[str, list[float]]] = {p: {"base": [], "probe": []} for p in PAGES}
         for _ in range(args.rounds):
@@ -105,12 +151,16 @@ def main() -> int:
         baseline.close()
         probed.close()
         time.sleep(0.5)
-        record.terminate()
-        record.wait(30)
+        if record is not None:
+            record.terminate()
+            record.wait(30)
+        if discard is not None:
+            discard.stop()
 
     print(
         f"djangoscope probe overhead: {args.rounds} interleaved rounds x {args.requests} "
-        f"requests, medians; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        f"requests, medians; collector: {args.collector}; Python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs"
     )
     print(
         f"{'page':<22} {'queries':>7} {'baseline ms':>12} {'probe ms':>9} {'ratio':>6} "
