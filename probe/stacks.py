@@ -266,6 +266,11 @@ def _classify(code: CodeType) -> tuple[CodeType, int, int, Any, str]:
     return entry
 
 
+def _entry(code: CodeType) -> tuple[CodeType, int, int, Any, str]:
+    """The classification of ``code`` (classifying it if a reconfiguration dropped it)."""
+    return _classes.get(id(code)) or _classify(code)
+
+
 def _load_template_codes() -> None:
     try:
         from django.template.base import Node
@@ -497,7 +502,7 @@ class StackMemo:
             # Still there a walk later: a frame that outlives queries, make it an anchor.
             self.below = None
             frames.append(below)
-            if not _flags[id(below.f_code)] & GEN:
+            if not _entry(below.f_code)[1] & GEN:
                 self.index[below] = stop + 1
         else:
             self.below = below
@@ -518,10 +523,9 @@ class StackMemo:
             same += 1
         self.chain = [*map(id, chain)]
         frames = chain[:same]
-        flags = _flags
         self.frames = frames
         self.index = {
-            frame: i for i, frame in enumerate(frames) if not flags[id(frame.f_code)] & GEN
+            frame: i for i, frame in enumerate(frames) if not _entry(frame.f_code)[1] & GEN
         }
         self.below = None
         self.below_at = -1
@@ -618,20 +622,21 @@ def _last_lib(start: FrameType, end: FrameType | None) -> tuple[int, int] | None
     found = None
     frame: FrameType | None = start
     while frame is not None and frame is not end:
-        if not _flags[id(frame.f_code)] & HIDDEN:
+        if not _entry(frame.f_code)[1] & HIDDEN:
             found = frame
         frame = frame.f_back
     if found is None:
         return None
-    return _classes[id(found.f_code)][2], found.f_lineno
+    return _entry(found.f_code)[2], found.f_lineno
 
 
 def _first_open(start: FrameType, end: FrameType) -> tuple[int, int] | None:
     """(code index, line) of the first non-internal frame from ``start`` to ``end`` included."""
     frame: FrameType | None = start
     while frame is not None:
-        if not _flags[id(frame.f_code)] & INTERNAL:
-            return _classes[id(frame.f_code)][2], frame.f_lineno
+        entry = _entry(frame.f_code)
+        if not entry[1] & INTERNAL:
+            return entry[2], frame.f_lineno
         if frame is end:
             break
         frame = frame.f_back
@@ -694,8 +699,9 @@ def _capture_memo(start: FrameType, orm: bool, memo: StackMemo, base: int) -> St
                 if flags & APP:
                     flat = []
                     if prev is not None:
-                        if not _flags[ident(prev.f_code)] & HIDDEN:
-                            flat.append(_classes[ident(prev.f_code)][2])
+                        entry = _entry(prev.f_code)
+                        if not entry[1] & HIDDEN:
+                            flat.append(entry[2])
                             flat.append(prev.f_lineno)
                             kept = 1
                         else:
@@ -707,7 +713,7 @@ def _capture_memo(start: FrameType, orm: bool, memo: StackMemo, base: int) -> St
                 if flags & ORM and orm:
                     if hits is None:
                         hits = []
-                    hits.append((_classes[ident(frame.f_code)][3], frame))
+                    hits.append((_entry(frame.f_code)[3], frame))
                 if flags & TEMPLATE and template_frame is None:
                     template_frame = frame
             if frame in index:
@@ -720,7 +726,7 @@ def _capture_memo(start: FrameType, orm: bool, memo: StackMemo, base: int) -> St
             while True:
                 if flags & APP:
                     if kept < depth:
-                        flat.append(_classes[ident(frame.f_code)][2])  # type: ignore[union-attr]
+                        flat.append(_entry(frame.f_code)[2])  # type: ignore[union-attr]
                         flat.append(frame.f_lineno)  # type: ignore[union-attr]
                         kept += 1
                 elif flags & TEMPLATE and template_frame is None:

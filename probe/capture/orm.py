@@ -500,11 +500,48 @@ def _queryset(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
 
 
 def _related_fetch(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+    # _queryset_relation + _related_context inlined: this one runs for every lazy related
+    # list a template loops over (the N+1 on a many-to-many or reverse FK).
     qs = loc.get("self")
-    relation = _queryset_relation(qs) if qs is not None and qs._hints else None
-    if relation is None:
+    if qs is None:
         return None
-    return _related_context(qs, relation, "related_fetch", None)
+    hints = qs._hints
+    owner = hints.get("instance") if hints else None
+    if owner is None:
+        return None
+    owner_model = type(owner)
+    target_model = qs.model
+    known = qs._known_related_objects
+    if known:
+        rel = next(iter(known)).remote_field
+        names = _reverse_names.get(id(rel))
+        if names is None or names[0] is not rel:
+            names = _reverse_names[id(rel)] = (rel, rel.get_accessor_name(), _cache_name(rel))
+        accessor, cache_name, kind = names[1], names[2], "reverse_fk"
+    else:
+        by_target = _m2m_candidates.get(owner_model)
+        found = by_target.get(target_model) if by_target is not None else None
+        if found is not None and len(found) == 1:
+            accessor, cache_name = found[0][0], found[0][1]
+        else:
+            pair = _m2m_relation(owner_model, target_model, qs)
+            if pair is None:
+                return None  # e.g. the queryset of a forward FK descriptor
+            accessor, cache_name = pair
+        kind = "m2m"
+    query = qs.query
+    cache = getattr(owner, "_prefetched_objects_cache", None)
+    return {
+        "op": "related_fetch",
+        "model": _labels.get(owner_model) or _label(owner_model),
+        "field": accessor,
+        "target": _labels.get(target_model) or _label(target_model),
+        "kind": kind,
+        "prefetched": bool(cache) and cache_name in cache,
+        "filtered": len(query.where.children) > 1,
+        "limited": bool(query.low_mark) or query.high_mark is not None,
+        "instance": _ident(owner),
+    }
 
 
 READERS: dict[str, Callable[[dict[str, Any], Signature], dict[str, Any] | None]] = {
