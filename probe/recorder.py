@@ -195,24 +195,10 @@ class Unit:
     @property
     def spans(self) -> list[Span]:
         """Every span in id order, queries' leaf spans included (made on each call)."""
-        spans = self._spans
-        records = self.records
-        if not records:
-            return list(spans)
-        merged: list[Span] = []
-        add = merged.append
-        i = 0
-        count = len(spans)
-        for ref, record in enumerate(records):
-            leaf_id = record[_Q_LEAF]
-            if leaf_id is None:
-                continue
-            while i < count and spans[i].id < leaf_id:
-                add(spans[i])
-                i += 1
-            add(_query_span(record, ref))
-        merged.extend(spans[i:])
-        return merged
+        return [
+            span if span is not None else _query_span(record, ref)
+            for span, ref, record in _merge_spans(list(self._spans), self.records)
+        ]
 
     # -- records -------------------------------------------------------------------------------
     @property
@@ -317,16 +303,12 @@ class Unit:
             index,
         )
 
-    def count_instance(self, label: str) -> None:
-        """Count one instance of a model by label (the hooks count by class, see below)."""
-        self.instance_counts[label] = self.instance_counts.get(label, 0) + 1  # type: ignore[index]
-
     @property
     def instances(self) -> dict[str, int]:
         """Instances created, by model label."""
         counts: dict[str, int] = {}
         for model, count in list(self.instance_counts.items()):
-            label = model if isinstance(model, str) else _model_label(model)
+            label = _model_label(model)
             counts[label] = counts.get(label, 0) + count
         return counts
 
@@ -372,7 +354,6 @@ class Unit:
         records = list(self.records)
         queries = []
         add_query = queries.append
-        get_ref = stack_ids.get
         for (
             sql,
             params,
@@ -408,7 +389,7 @@ class Unit:
                     "rowcount": rowcount,
                     "atomic": atomic,
                     "savepoint_depth": savepoint_depth,
-                    "stack": None if key is None else get_ref(key) or stack_ref(key),
+                    "stack": stack_ref(key),
                     "template": template,
                     "orm": orm,
                     "error": error,
@@ -433,34 +414,10 @@ class Unit:
                     "error": c.get("error"),
                 }
             )
-        spans = []
-        add = spans.append
-        objects = list(self._spans)
-        i = 0
-        count = len(objects)
-        next_id = objects[0].id if count else -1
-        for ref, q in enumerate(records):
-            leaf_id = q[_Q_LEAF]
-            if leaf_id is None:
-                continue
-            while 0 <= next_id < leaf_id:
-                add(_span_dict(objects[i], base))
-                i += 1
-                next_id = objects[i].id if i < count else -1
-            start = q[_Q_START]
-            add(
-                {
-                    "id": leaf_id,
-                    "parent": q[_Q_SPAN],
-                    "kind": SPAN_SQL,
-                    "name": q[_Q_SQL][:60],
-                    "start_ns": start - base,
-                    "duration_ns": q[_Q_END] - start,
-                    "ref": ref,
-                }
-            )
-        for span in objects[i:]:
-            add(_span_dict(span, base))
+        spans = [
+            _span_dict(span if span is not None else _query_span(record, ref), base)
+            for span, ref, record in _merge_spans(list(self._spans), records)
+        ]
         end = self.end_ns if self.end_ns is not None else time.perf_counter_ns()
         return {
             "kind": self.kind,
@@ -498,6 +455,24 @@ def _span_dict(s: Span, base: int) -> dict[str, Any]:
     if s.meta:
         item["meta"] = s.meta
     return item
+
+
+def _merge_spans(
+    objects: list[Span], records: list[tuple[Any, ...]]
+) -> Iterator[tuple[Span | None, int, tuple[Any, ...]]]:
+    """Spans in id order: the span objects, and each query's leaf span as (None, ref, record)."""
+    i = 0
+    count = len(objects)
+    for ref, record in enumerate(records):
+        leaf_id = record[_Q_LEAF]
+        if leaf_id is None:
+            continue
+        while i < count and objects[i].id < leaf_id:
+            yield objects[i], -1, ()
+            i += 1
+        yield None, ref, record
+    for span in objects[i:]:
+        yield span, -1, ()
 
 
 def _query_span(record: tuple[Any, ...], ref: int) -> Span:

@@ -462,30 +462,20 @@ def _related_context(
     prefetched = bool(cache) and cache_name in cache
     filtered = len(query.where.children) > 1
     limited = bool(query.low_mark) or query.high_mark is not None
-    if method is None:
-        return {
-            "op": op,
-            "model": model,
-            "field": accessor,
-            "target": target,
-            "kind": kind,
-            "prefetched": prefetched,
-            "filtered": filtered,
-            "limited": limited,
-            "instance": _ident(owner),
-        }
-    return {
-        "op": op,
-        "method": method,
-        "model": model,
-        "field": accessor,
-        "target": target,
-        "kind": kind,
-        "prefetched": prefetched,
-        "filtered": filtered,
-        "limited": limited,
-        "instance": _ident(owner),
-    }
+    context: dict[str, Any] = {"op": op}
+    if method is not None:
+        context["method"] = method
+    context.update(
+        model=model,
+        field=accessor,
+        target=target,
+        kind=kind,
+        prefetched=prefetched,
+        filtered=filtered,
+        limited=limited,
+        instance=_ident(owner),
+    )
+    return context
 
 
 def _queryset(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
