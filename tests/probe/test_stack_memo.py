@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import threading
 
 import pytest
@@ -21,31 +20,24 @@ from djangoscope.probe import recorder, stacks
 from djangoscope.probe.conf import get_config
 from djangoscope.probe.recorder import Unit, current_unit
 
-SITE = next(p for p in sys.path if p.endswith("site-packages"))
-FAKE_LIB = os.path.join(SITE, "fakelib_for_djangoscope_memo_tests", "calls.py")
+from .fakelib import fake_library
 
-# Library code as installed in site-packages (same trick as test_stacks.py).
-_lib: dict = {"capture": stacks.capture_stack}
-exec(
-    compile(
-        "def call(fn, *args):\n"
-        "    return fn(*args)\n"
-        "def twice(memo, orm=True):\n"
-        "    # skip=1: both walks start at this function's caller, on the same line\n"
-        "    return capture(1, orm, memo), capture(1, orm, None)\n"
-        "def deep(n, fn, *args):\n"
-        "    if n == 0:\n"
-        "        return fn(*args)\n"
-        "    return deep(n - 1, fn, *args)\n"
-        "def resumed(gen):\n"
-        "    return next(gen)\n"
-        "def loop(memo, n, out, orm=True):\n"
-        "    for _ in range(n):\n"
-        "        out.append(deep(1, twice, memo, orm))\n",
-        FAKE_LIB,
-        "exec",
-    ),
-    _lib,
+FAKE_LIB, _lib = fake_library(
+    "fakelib_for_djangoscope_memo_tests",
+    "def call(fn, *args):\n"
+    "    return fn(*args)\n"
+    "def twice(memo, orm=True):\n"
+    "    # skip=1: both walks start at this function's caller, on the same line\n"
+    "    return capture(1, orm, memo), capture(1, orm, None)\n"
+    "def deep(n, fn, *args):\n"
+    "    if n == 0:\n"
+    "        return fn(*args)\n"
+    "    return deep(n - 1, fn, *args)\n"
+    "def resumed(gen):\n"
+    "    return next(gen)\n"
+    "def loop(memo, n, out, orm=True):\n"
+    "    for _ in range(n):\n"
+    "        out.append(deep(1, twice, memo, orm))\n",
 )
 call, twice, deep, resumed = _lib["call"], _lib["twice"], _lib["deep"], _lib["resumed"]
 loop = _lib["loop"]

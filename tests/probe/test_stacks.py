@@ -13,21 +13,14 @@ import pytest
 from djangoscope.probe import stacks
 from djangoscope.probe.conf import get_config
 
-SITE = next(p for p in sys.path if p.endswith("site-packages"))
-FAKE_LIB = os.path.join(SITE, "fakelib_for_djangoscope_tests", "calls.py")
+from .fakelib import fake_library
 
-# Library code as installed in site-packages: compiled with a site-packages file name.
-_lib: dict = {"capture": stacks.capture_stack}
-exec(
-    compile(
-        "def call(fn, *args):\n"
-        "    return fn(*args)\n"
-        "def capture_here(out):\n"
-        "    out.append(capture(0))\n",
-        FAKE_LIB,
-        "exec",
-    ),
-    _lib,
+FAKE_LIB, _lib = fake_library(
+    "fakelib_for_djangoscope_tests",
+    "def call(fn, *args):\n"
+    "    return fn(*args)\n"
+    "def capture_here(out):\n"
+    "    out.append(capture(0))\n",
 )
 
 
