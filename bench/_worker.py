@@ -1,7 +1,8 @@
 """A bench worker: serves the demo in-process and times batches of requests on demand.
 
 Protocol (stdin/stdout, one JSON object per line): {"path", "n"} -> {"seconds", "queries"};
-{"wait_connected": S} -> {"connected"}; {"stats": true} -> the sender's counters.
+{"wait_connected": S} -> {"connected"}; {"flush": S} -> {"flushed"}; {"stats": true} -> the
+sender's counters.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def main() -> None:
 
                 connected = sender.get_sender().connected.wait(command["wait_connected"])
             answer = {"connected": connected}
+        elif "flush" in command:
+            flushed = True
+            if probe_on:
+                from djangoscope.probe import sender
+
+                flushed = sender.get_sender().flush(command["flush"])
+            answer = {"flushed": flushed}
         elif "stats" in command:
             from djangoscope.probe import sender
 

@@ -81,6 +81,15 @@ class Discard:
         self.collector.stop()
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -146,7 +155,11 @@ def main() -> int:
             for path in PAGES:
                 results[path]["base"].append(baseline.ask(path=path, n=args.requests)["seconds"])
                 results[path]["probe"].append(probed.ask(path=path, n=args.requests)["seconds"])
+        if args.collector != "none":
+            probed.ask(flush=10)  # the last batch waits for a quiet moment: send it now
         stats = probed.ask(stats=True)
+        time.sleep(0.5)  # let the collector finish the last units before reading its CPU time
+        collector_cpu = _cpu_seconds(record.pid) if record is not None else None
     finally:
         baseline.close()
         probed.close()
@@ -173,6 +186,11 @@ def main() -> int:
         print(
             f"{path:<22} {queries:7d} {base * 1e3:12.2f} {probe * 1e3:9.2f} "
             f"{probe / base:6.2f}x {added:15.1f}"
+        )
+    if collector_cpu is not None and stats["sent"]:
+        print(
+            f"collector: {collector_cpu * 1e3 / stats['sent']:.2f} ms CPU per request "
+            f"({stats['sent']} requests, {collector_cpu:.2f} s total, start-up included)"
         )
     print(f"sender: sent {stats['sent']}, dropped {stats['dropped']}, errors {stats['errors']}")
     return 0

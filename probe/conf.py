@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "BUFFER_BYTES": 8 * 1024 * 1024,
     # Seconds the process waits at exit for buffered requests to reach the collector.
     "FLUSH_TIMEOUT": 2.0,
+    # Longest a finished request waits for a quiet moment (no request running in this process)
+    # before the sender serializes and ships it anyway.
+    "SEND_DELAY": 2.0,
     # Capture SQL parameters at all (redaction applies on top).
     "CAPTURE_PARAMS": True,
     # Regex (case-insensitive) matched against the column a parameter is bound to.
@@ -68,6 +71,7 @@ class ProbeConfig:
     project: str | None
     buffer_bytes: int
     flush_timeout: float
+    send_delay: float
     capture_params: bool
     sensitive: re.Pattern[str]
     max_param_length: int
@@ -119,6 +123,7 @@ def get_config() -> ProbeConfig:
         project=merged["PROJECT"],
         buffer_bytes=int(merged["BUFFER_BYTES"]),
         flush_timeout=float(merged["FLUSH_TIMEOUT"]),
+        send_delay=max(0.0, float(merged["SEND_DELAY"])),
         capture_params=bool(merged["CAPTURE_PARAMS"]),
         sensitive=sensitive,
         max_param_length=int(merged["MAX_PARAM_LENGTH"]),

@@ -13,6 +13,7 @@ import itertools
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -28,6 +29,17 @@ _open: ContextVar[int | None] = ContextVar("djangoscope_open_span", default=None
 
 _sequence = itertools.count(1)
 _get_ident = threading.get_ident
+
+#: Units started and not finished in this process. The sender waits for this to be empty (a
+#: quiet moment) before it works, so its serialization does not interleave with requests.
+#: Weak, so a unit that is abandoned without finish() cannot keep the process "busy" forever.
+_running: weakref.WeakSet[Unit] = weakref.WeakSet()
+
+
+def running() -> int:
+    """How many units of work are being recorded right now in this process."""
+    return len(_running)
+
 
 # Span kinds. Queries and cache calls are spans too, with "ref" pointing into their own lists.
 SPAN_REQUEST = "request"
@@ -139,6 +151,8 @@ class Unit:
         self.instance_counts: dict[type, int] = {}
         self.truncated: dict[str, int] = {}
         self.size_estimate = 1024
+        #: When the sender got it (monotonic seconds), for its SEND_DELAY deadline.
+        self.submitted_at = 0.0
         limits = limits or {}
         self.max_queries = limits.get("queries", 20000)
         self.max_cache = limits.get("cache", 20000)
@@ -150,6 +164,7 @@ class Unit:
         self._finished = False
         _open.set(None)
         self.root = self.open_span(SPAN_REQUEST, "request")
+        _running.add(self)
 
     # -- spans ---------------------------------------------------------------------------------
     def open_span(self, kind: str, name: str, start_ns: int | None = None) -> Span | None:
@@ -328,6 +343,7 @@ class Unit:
             self.cpu_ns = time.thread_time_ns() - self.cpu_start_ns
         self.close_span(self.root, self.end_ns)
         self._finished = True
+        _running.discard(self)
         if self.memo is not None:
             self.memo.clear()
             self.memo = None

@@ -150,3 +150,47 @@ def test_stop_flushes_what_is_buffered(collector):
     sender.stop(timeout=5)
     assert sender.stats["sent"] == 50
     assert len(received(collector, 50)) == 50
+
+
+def test_sender_waits_for_a_quiet_moment_then_sends_the_batch(collector):
+    sender = Sender(make_config(collector.address, send_delay=30.0), {"pid": 7})
+    try:
+        assert sender.connected.wait(5)
+        running = recorder.Unit()  # a request still in progress in this process
+        for i in range(3):
+            sender.submit(make_unit(i))
+        assert received(collector, 1, timeout=0.6) == []  # nothing while a request runs
+        assert sender.buffered == 3
+        running.finish()
+        started = time.monotonic()
+        units = received(collector, 3, timeout=5)
+        assert [u["request"]["path"] for u in units] == ["/0", "/1", "/2"]
+        assert time.monotonic() - started < 2  # quiet: QUIET plus at most one BUSY_POLL
+    finally:
+        sender.stop()
+
+
+def test_continuous_load_is_sent_after_send_delay(collector):
+    sender = Sender(make_config(collector.address, send_delay=0.3), {"pid": 8})
+    try:
+        assert sender.connected.wait(5)
+        running = recorder.Unit()  # the process never goes quiet
+        sender.submit(make_unit(0))
+        assert [u["request"]["path"] for u in received(collector, 1, timeout=5)] == ["/0"]
+        assert running in recorder._running
+        running.finish()
+    finally:
+        sender.stop()
+
+
+def test_flush_does_not_wait_for_a_quiet_moment(collector):
+    sender = Sender(make_config(collector.address, send_delay=30.0), {"pid": 9})
+    try:
+        assert sender.connected.wait(5)
+        running = recorder.Unit()
+        sender.submit(make_unit(0))
+        assert sender.flush(5)
+        assert len(received(collector, 1, timeout=5)) == 1
+        running.finish()
+    finally:
+        sender.stop()
