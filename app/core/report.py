@@ -9,7 +9,7 @@ summaries, then every query in one streamed pass) and returns plain JSON-ready d
 - ``duplicates``: the same (alias, SQL, params) run more than once inside one request;
 - ``similar``: the same normalized SQL (fingerprint) run more than once inside one request,
   the N+1 signal;
-- ``suggestions``: whatever the analysis stored (empty until it exists; the key is contract).
+- ``suggestions``: the fix suggestions of :mod:`.analysis`, ranked (open ones first).
 
 :func:`format_report` renders that dict as fixed-width text no wider than 100 columns.
 """
@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .analysis import analyze
 from .fingerprint import TRANSACTION_OPERATIONS
 from .store import SessionStore
 
@@ -63,7 +64,7 @@ def build_report(store: SessionStore) -> dict[str, Any]:
         "endpoints": _endpoints(requests),
         "duplicates": groups.duplicates(),
         "similar": groups.similar(),
-        "suggestions": [_suggestion(row) for row in store.suggestions()],
+        "suggestions": [s.to_dict() for s in analyze(store)],
     }
 
 
@@ -332,23 +333,6 @@ def _params_key(params: Any) -> str:
     return repr(params)
 
 
-def _suggestion(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "kind": row["kind"],
-        "severity": row["severity"],
-        "title": row["title"],
-        "detail": row["detail"],
-        "fix": row["fix"],
-        "model": row["model"],
-        "field": row["field"],
-        "fire_site": {"file": row["fire_file"], "line": row["fire_line"]},
-        "fix_site": {"file": row["fix_file"], "line": row["fix_line"]},
-        "queries_saved": row["queries_saved"],
-        "ms_saved": row["ms_saved"],
-        "request_ids": row["request_ids"] if isinstance(row["request_ids"], list) else [],
-    }
-
-
 # -- text --------------------------------------------------------------------------------------
 
 WIDTH = 100
@@ -454,7 +438,7 @@ def format_report(report: dict[str, Any], max_requests: int = 50, top: int = 10)
     duplicates = report.get("duplicates", [])
     lines += ["", *_groups_text("Duplicate queries", duplicates, top, True, root)]
     lines += ["", *_groups_text("Similar queries", report.get("similar", []), top, False, root)]
-    lines += ["", *_suggestions_text(report.get("suggestions", []))]
+    lines += ["", *_suggestions_text(report.get("suggestions", []), root)]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
@@ -540,12 +524,34 @@ def _groups_text(
     return out
 
 
-def _suggestions_text(suggestions: list[dict[str, Any]]) -> list[str]:
-    out = [f"Suggestions ({len(suggestions)})"]
+def _suggestions_text(suggestions: list[dict[str, Any]], root: str = "") -> list[str]:
+    open_ = [s for s in suggestions if s.get("status") != "resolved"]
+    resolved = [s for s in suggestions if s.get("status") == "resolved"]
+    out = [f"Suggestions ({len(open_)} open, {len(resolved)} resolved)"]
     if not suggestions:
         return [*out, "  none"]
-    for s in suggestions:
-        out.append(_cut(f"  [{s.get('severity')}] {s.get('title')}", WIDTH))
-        if s.get("fix"):
-            out.append("    " + _cut(f"fix: {s['fix']}", WIDTH - 4))
+    for s in open_:
+        saved = f"-{s.get('queries_saved')} queries, -{_num(s.get('ms_saved'))} ms"
+        out.append(_cut(f"  [{s.get('severity')}] {s.get('endpoint')}: {s.get('title')}", WIDTH))
+        out.append("    " + _cut(f"fix: {s.get('fix')}  ({saved})", WIDTH - 4))
+        for label in ("fix_site", "fire_site"):
+            site = s.get(label)
+            if site and site.get("file"):
+                file = site["file"]
+                if root and file.startswith(root + os.sep):
+                    file = file[len(root) + 1 :]
+                where = f"{file}:{site['line']}" if site.get("line") else file
+                out.append(
+                    f"    {label.replace('_', ' ') + ':':<10} {_cut_left(where, WIDTH - 15)}"
+                )
+    for s in resolved:
+        before, after = s.get("before") or {}, s.get("after") or {}
+        out.append(
+            _cut(
+                f"  [resolved] {s.get('endpoint')}: {s.get('fix')}: "
+                f"{_num(before.get('queries'), 0)} -> {_num(after.get('queries'), 0)} queries, "
+                f"{_num(before.get('ms'))} -> {_num(after.get('ms'))} ms",
+                WIDTH,
+            )
+        )
     return out

@@ -113,7 +113,7 @@ def test_contract_keys_and_types(report):
         "similar",
         "suggestions",
     }
-    assert report["suggestions"] == []
+    assert isinstance(report["suggestions"], list)
     for row in report["requests"]:
         for key, kind in CONTRACT_REQUEST.items():
             assert isinstance(row[key], kind), (key, row[key])
@@ -217,19 +217,16 @@ def test_similar_groups_the_n_plus_one(report):
     )
 
 
-def test_suggestions_stored_by_the_analysis_are_reported(report_store):
-    report_store.connection.execute(
-        "INSERT INTO suggestions (kind, severity, title, fix, fire_file, fire_line, fix_file, "
-        "fix_line, queries_saved, ms_saved, request_ids, created_at) "
-        "VALUES ('n_plus_one', 'high', 'N+1 on Book.author', '.select_related(\"author\")', "
-        "'books/list.html', 7, 'shop/views.py', 42, 9, 4.5, '[1, 2]', 0)"
-    )
-    (suggestion,) = build_report(report_store)["suggestions"]
-    assert suggestion["kind"] == "n_plus_one"
-    assert suggestion["fix"] == '.select_related("author")'
-    assert suggestion["fire_site"] == {"file": "books/list.html", "line": 7}
-    assert suggestion["fix_site"] == {"file": "shop/views.py", "line": 42}
-    assert suggestion["request_ids"] == [1, 2]
+def test_suggestions_come_from_the_analysis_in_the_contract_shape(report):
+    """The synthetic session repeats identical queries: the analysis reports them."""
+    assert report["suggestions"], "the fixture's duplicate queries give suggestions"
+    for suggestion in report["suggestions"]:
+        assert set(suggestion) >= {
+            "kind", "severity", "title", "detail", "fix", "model", "field", "fire_site",
+            "fix_site", "queries_saved", "ms_saved", "request_ids",
+        }  # fmt: skip
+        assert isinstance(suggestion["request_ids"], list) and suggestion["request_ids"]
+        assert suggestion["fire_site"] is None or set(suggestion["fire_site"]) == {"file", "line"}
 
 
 def test_empty_session(store):
@@ -256,7 +253,7 @@ def test_text_report_fits_100_columns_and_names_the_call_sites(report):
     assert max(len(line) for line in lines) <= 100
     for section in ("Requests (10)", "Endpoints (", "Duplicate queries", "Similar queries"):
         assert any(line.startswith(section) for line in lines), section
-    assert "Suggestions (0)" in text
+    assert any(line.startswith("Suggestions (") for line in lines)
     assert "/authors/1/" in text and "authors/<int:pk>/" in text
     assert "at shop/views.py:77 in book_list, template books/list.html:7 (6x)" in text
     assert "at shop/views.py:42 in book_list, template books/list.html:7 (50x)" in text

@@ -1,0 +1,144 @@
+"""Fix suggestions from real requests: each demo problem page gets its exact fix, twins get none."""
+
+from __future__ import annotations
+
+import pytest
+
+from djangoscope.app.core.analysis import analyze
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def by_kind(store) -> dict[str, list]:
+    found: dict[str, list] = {}
+    for s in analyze(store):
+        found.setdefault(s.kind, []).append(s)
+    return found
+
+
+def test_forward_fk_n_plus_one_in_a_template(record):
+    [s] = analyze(record("/books/"))
+    assert (s.kind, s.fix, s.model, s.field) == (
+        "n_plus_one",
+        '.select_related("author")',
+        "bookshop.Book",
+        "author",
+    )
+    assert (s.fire_site.file, s.fire_site.line) == ("bookshop/book_list.html", 5)
+    assert s.fix_site.file.endswith("bookshop/views.py")
+    assert s.queries_saved == 100 and s.ms_saved > 0
+    assert s.severity == "high" and s.status == "open"
+    assert "101 -> 1 queries" in s.detail
+
+
+def test_many_to_many_gets_prefetch_related(record):
+    [s] = analyze(record("/books/tags/"))
+    assert (s.kind, s.fix, s.field) == ("n_plus_one", '.prefetch_related("tags")', "tags")
+    assert s.queries_saved == 99  # 100 queries become one
+    assert "101 -> 2 queries" in s.detail
+
+
+def test_catalogue_gets_both_fixes_ranked_by_cost(record):
+    suggestions = analyze(record("/catalogue/"))
+    assert sorted(s.fix for s in suggestions) == [
+        '.prefetch_related("tags")',
+        '.select_related("author")',
+    ]
+    assert [s.ms_saved for s in suggestions] == sorted(
+        (s.ms_saved for s in suggestions), reverse=True
+    )
+
+
+def test_count_in_a_loop_gets_annotate(record):
+    [s] = analyze(record("/authors/"))
+    assert s.kind == "related_count_in_loop"
+    assert s.fix == '.annotate(num_books=Count("books"))'
+    assert s.queries_saved == 20
+
+
+def test_writes_in_a_loop_get_bulk_operations(record):
+    found = by_kind(record("/books/touch/", "/reviews/add/"))
+    [update] = found["update_in_loop"]
+    assert update.fix.startswith("Book.objects.bulk_update(objs, [")
+    assert '"views"' in update.fix
+    [insert] = found["insert_in_loop"]
+    assert insert.fix == "Review.objects.bulk_create(objs, batch_size=500)"
+    assert "transaction.atomic()" in insert.detail
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/books/fixed/", "/books/tags/fixed/", "/catalogue/fixed/", "/authors/fixed/"],
+)
+def test_fixed_twins_get_no_suggestion(record, path):
+    assert analyze(record(path)) == []
+
+
+def test_one_suggestion_per_endpoint_with_every_request_and_stable_ids(record):
+    store = record("/books/", "/books/", "/books/")
+    first = [s.to_dict() for s in analyze(store)]
+    second = [s.to_dict() for s in analyze(store)]
+    assert first == second
+    [s] = first
+    assert len(s["request_ids"]) == 3 and s["occurrences"] == 3
+    assert s["endpoint"] == "GET books/"
+
+
+def test_applied_fix_is_marked_resolved_with_before_and_after(record, fixable):
+    record("/books/", "/books/")
+    fixable["books"] = True  # the user edits the view; runserver reloads
+    store = record("/books/")
+    [s] = analyze(store)
+    assert s.status == "resolved"
+    assert s.before["queries"] == 101 and s.after["queries"] == 1
+    assert s.after["ms"] < s.before["ms"]
+
+
+def test_single_lazy_access_from_a_list_is_not_an_n_plus_one(record, fixable):
+    assert analyze(record("/one-from-a-list/")) == []
+
+
+def test_exists_per_item_gets_one_in_query(record):
+    [s] = analyze(record("/many/"))
+    assert s.kind == "get_in_loop" and s.field == "isbn"
+    assert s.fix == (
+        'found = set(Book.objects.filter(isbn__in=values).values_list("isbn", flat=True))'
+    )
+    assert s.queries_saved == 499
+    assert "500 -> 1 queries" in s.detail
+
+
+def test_exists_fixed_twin_is_silent(record):
+    assert analyze(record("/many/fixed/")) == []
+
+
+def test_cache_key_that_changes_every_request(record):
+    suggestions = [s for s in analyze(record(*["/slow-cache/"] * 3)) if s.kind.startswith("cache")]
+    [s] = suggestions
+    assert s.kind == "cache_recompute"
+    assert s.fix == 'cache.get_or_set("bookshop:bestsellers", compute, timeout=300)'
+    assert s.ms_saved >= 30  # the chart takes 30 ms to draw
+    assert s.queries_saved == 1 and len(s.request_ids) == 3
+
+
+def test_stable_cache_key_is_silent(record):
+    kinds = {s.kind for s in analyze(record(*["/slow-cache/fixed/"] * 3))}
+    assert not kinds & {"cache_recompute", "cache_candidate"}
+
+
+def test_same_aggregate_on_every_request_is_a_cache_candidate(record):
+    found = by_kind(record("/stats/", "/stats/", "/stats/"))
+    [candidate] = found["cache_candidate"]
+    assert candidate.fix.startswith('cache.get_or_set("stats:data", compute')
+    assert len(candidate.request_ids) == 3
+    [duplicate] = found["duplicate_query"]  # publisher_stats() runs twice per request
+    assert duplicate.queries_saved == 1
+
+
+def test_writes_on_a_get_without_a_transaction(record):
+    found = by_kind(record("/visit/"))
+    [atomic] = found["writes_without_transaction"]
+    assert atomic.fix == "with transaction.atomic():"
+    [request_path] = found["slow_write_in_request"]
+    assert request_path.fix == "transaction.on_commit(lambda: task.delay(...))"
+    assert request_path.queries_saved == 2
