@@ -92,7 +92,19 @@ def _load_fast_dumps() -> Any:
     return dumps
 
 
+def _load_fast_loads() -> Any:
+    """orjson's decoder when installed: the collector decodes every frame (3-4x cheaper)."""
+    if os.environ.get("DJANGOSCOPE_JSON", "").lower() == "stdlib":
+        return None
+    try:
+        import orjson
+    except ImportError:
+        return None
+    return orjson.loads
+
+
 _fast_dumps = _load_fast_dumps()
+_fast_loads = _load_fast_loads()
 #: Which encoder this process uses ("orjson" or "json"), reported in the handshake identity.
 ENCODER = "orjson" if _fast_dumps is not None else "json"
 _dumps = _fast_dumps or _stdlib_dumps
@@ -116,10 +128,17 @@ def decode_payload(payload: bytes) -> tuple[bytes, dict[str, Any]]:
     kind = payload[:1]
     if kind not in MESSAGE_TYPES:
         raise ProtocolError(f"unknown message type {kind!r}")
-    try:
-        message = json.loads(payload[1:].decode("utf-8", "surrogatepass"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"undecodable {kind.decode()} frame: {exc}") from None
+    message = None
+    if _fast_loads is not None:
+        try:
+            message = _fast_loads(payload[1:])
+        except ValueError:  # lone surrogates, NaN, deep nesting: the stdlib has the last word
+            message = None
+    if message is None:
+        try:
+            message = json.loads(payload[1:].decode("utf-8", "surrogatepass"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ProtocolError(f"undecodable {kind.decode()} frame: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"{kind.decode()} frame is not a JSON object")
     return kind, message

@@ -273,6 +273,8 @@ def _clean_text(value: str) -> str:
 
 
 def _text(value: Any, default: str | None = None) -> str | None:
+    if type(value) is str:
+        return value if value.isascii() else _clean_text(value)  # isascii: C-fast, usual
     if isinstance(value, str):
         return _clean_text(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -281,6 +283,8 @@ def _text(value: Any, default: str | None = None) -> str | None:
 
 
 def _int(value: Any) -> int | None:
+    if type(value) is int:  # the usual case first
+        return value if -_INT64_MAX <= value <= _INT64_MAX else None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -335,14 +339,18 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     return repr(value)
 
 
+#: One encoder for every call: json.dumps() with options builds a new JSONEncoder each time.
+_canonical = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+).encode
+
+
 def _json(value: Any) -> str | None:
     """Canonical JSON (sorted keys, compact), so equal values give equal text (duplicates)."""
     if value is None:
         return None
     try:
-        text = json.dumps(
-            value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
-        )
+        text = _canonical(value)
     except (TypeError, ValueError, RecursionError):
         try:
             text = json.dumps(
