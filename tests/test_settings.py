@@ -6,9 +6,11 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 USE_TZ = True
 ROOT_URLCONF = "djangoscope.resources.demo.urls"
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",
+    "django.contrib.messages",
     "djangoscope.probe",
     "djangoscope.resources.demo.bookshop",
 ]
@@ -16,6 +18,8 @@ MIDDLEWARE = [
     "djangoscope.probe.middleware.ProbeMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
 ]
 DATABASES = {
     "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
@@ -29,9 +33,17 @@ TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "APP_DIRS": True,
-        "OPTIONS": {"debug": True},
+        "OPTIONS": {
+            "debug": True,
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
     }
 ]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
 # No collector runs during in-process tests unless a test starts one; point at a closed port.
 DJANGOSCOPE = {"ADDRESS": "127.0.0.1:9", "FLUSH_TIMEOUT": 0.2}

@@ -160,6 +160,7 @@ class _Cache:
 class _Request:
     id: int
     method: str
+    view: str
     endpoint: str
     status: int | None
     duration_ms: float
@@ -267,6 +268,7 @@ def _load(store: SessionStore) -> Iterable[_Request]:
         yield _Request(
             id=row["id"],
             method=(row.get("method") or "").upper(),
+            view=row.get("view") or "",
             endpoint=_endpoint(row),
             status=row.get("status"),
             duration_ms=row.get("duration_ms") or 0.0,
@@ -279,6 +281,7 @@ def _load(store: SessionStore) -> Iterable[_Request]:
 # -- per-request detection ---------------------------------------------------------------------
 
 _LAZY_SELECT = {"fk", "reverse_o2o"}
+_CHANGELIST = re.compile(r"^(?:[\w-]+:)?\w+_changelist$")
 #: QuerySet methods that, run once per item of a loop, want one query for all the items.
 _LOOKUP_METHODS = ("get", "first", "last", "exists", "count")
 #: ``WHERE "table"."column" = %s``: the one equality filter a lookup loop varies.
@@ -305,6 +308,10 @@ class _Detector:
         self.stacks = stacks
         self.by_idx = {q.idx: q for q in request.queries}
         self.view_site = self._view_site()
+        #: An admin changelist (view name ``admin:<app>_<model>_changelist``)?
+        self.changelist = bool(_CHANGELIST.match(request.view))
+        #: Every relation the changelist loads lazily, joinable: its list_select_related.
+        self.admin_selects: list[str] = []
 
     def _view_site(self) -> Site | None:
         for q in self.request.queries:
@@ -346,6 +353,14 @@ class _Detector:
             groups[(*key, q.stack_id, q.template, origin)].append(q)
         findings = []
         covered: set[int] = set()
+        if self.changelist:
+            self.admin_selects = sorted(
+                {
+                    str(key[3])
+                    for key, qs in groups.items()
+                    if key[0] in _LAZY_SELECT and len(qs) > 1
+                }
+            )
         for (op, method, model, fieldname, *_), queries in groups.items():
             instances = {q.orm.get("instance") for q in queries}
             if len(queries) < MIN_REPEATS:
@@ -385,6 +400,8 @@ class _Detector:
             saved = n if eager == "select_related" else n - 1
             ms = total if eager == "select_related" else total - max(q.ms for q in qs)
             fix = f'.{eager}("{path}")'
+            if self.changelist:
+                return self._admin(eager, path, model, str(fieldname), qs, saved, ms)
             return _Finding(
                 kind="n_plus_one",
                 model=model,
@@ -491,6 +508,55 @@ class _Detector:
             fix_site=self.stacks.app_site(first.stack_id),
             queries_saved=n - 1,
             ms_saved=sum(q.ms for q in qs) - max(q.ms for q in qs),
+        )
+
+    def _admin(
+        self,
+        eager: str,
+        path: str,
+        model: str | None,
+        fieldname: str,
+        qs: list[_Query],
+        saved: int,
+        ms: float,
+    ) -> _Finding:
+        """A changelist N+1: the fix goes on the ModelAdmin, not on a queryset in a view."""
+        n = len(qs)
+        owner = _model_name(model)
+        method = self.stacks.app_site(qs[0].stack_id)  # the list_display callable
+        admin_class = (method.func or "").split(".")[0] if method and method.func else ""
+        fix_at = _class_site(method, admin_class) if method else None
+        named = admin_class or f"the ModelAdmin of {model}"
+        if eager == "select_related":
+            paths = self.admin_selects or [path]
+            listed = ", ".join(f'"{p}"' for p in paths) + ("," if len(paths) == 1 else "")
+            fix = f"list_select_related = ({listed})"
+            why = (
+                "a tuple replaces Django's automatic select_related() (which only follows "
+                "foreign keys named in list_display), so it lists every relation the list shows"
+            )
+        else:
+            fix = (
+                "def get_queryset(self, request): return super().get_queryset(request)"
+                f'.prefetch_related("{path}")'
+            )
+            why = "the changelist cannot join a many-valued relation, so prefetch it"
+        before = self.request.query_count
+        return _Finding(
+            kind="n_plus_one",
+            model=model,
+            field=fieldname,
+            fix=fix,
+            title=f"Admin list N+1: {owner}.{fieldname} loaded per row ({n} queries)",
+            detail=(
+                f"{method.short() if method else '?'} reads `{fieldname}` for each row of the "
+                f"changelist: {n}x `{_shorten(qs[0].sql)}`. Set `{fix}` on {named}; {why}: "
+                f"{before} -> {before - saved} queries."
+            ),
+            fire_site=method,
+            fix_site=fix_at,
+            queries_saved=saved,
+            ms_saved=ms,
         )
 
     def _path(self, q: _Query, fieldname: str) -> str:
@@ -711,6 +777,23 @@ class _Detector:
                 )
             )
         return findings
+
+
+def _class_site(method: Site, name: str) -> Site:
+    """The ``class Name`` line of the file that holds ``method`` (the method's line otherwise).
+
+    The collector runs beside the dev server, so the source is usually readable here.
+    """
+    if name:
+        pattern = re.compile(rf"^\s*class\s+{re.escape(name)}\b")
+        try:
+            with open(method.file, encoding="utf-8") as source:
+                for number, line in enumerate(source, 1):
+                    if pattern.match(line):
+                        return Site(method.file, number, name)
+        except (OSError, UnicodeDecodeError):
+            pass
+    return method
 
 
 def _common_prefix(keys: list[str]) -> str:

@@ -56,6 +56,7 @@ SECRET_KEY = "djangoscope-demo-not-a-secret-0123456789-abcdefghijklmnopqrstuvwxy
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", "testserver"]
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",

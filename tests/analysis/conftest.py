@@ -21,7 +21,14 @@ def record(bookshop, tmp_path) -> Iterator[Callable[..., SessionStore]]:  # noqa
     process = store.add_process({"pid": 1, "project": "bookshop"}, "test")
     client = Client()
 
-    def run(*paths: str) -> SessionStore:
+    def run(*paths: str, staff: bool = False) -> SessionStore:
+        if staff:
+            from django.contrib.auth.models import User
+
+            user, _ = User.objects.get_or_create(
+                username="staff", defaults={"is_staff": True, "is_superuser": True}
+            )
+            client.force_login(user)
         with recorder.collect() as units:
             for p in paths:
                 response = client.get(p)

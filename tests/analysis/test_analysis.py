@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from djangoscope.app.core.analysis import analyze
@@ -142,3 +144,24 @@ def test_writes_on_a_get_without_a_transaction(record):
     [request_path] = found["slow_write_in_request"]
     assert request_path.fix == "transaction.on_commit(lambda: task.delay(...))"
     assert request_path.queries_saved == 2
+
+
+def test_admin_changelist_gets_list_select_related_on_the_model_admin(record):
+    from djangoscope.resources.demo.bookshop import admin as demo_admin
+
+    found = analyze(record("/admin/bookshop/book/", staff=True))
+    n_plus_one = [s for s in found if s.kind == "n_plus_one"]
+    assert {s.field for s in n_plus_one} == {"author", "publisher"}
+    for s in n_plus_one:
+        # One tuple with every relation: a tuple replaces Django's own select_related().
+        assert s.fix == 'list_select_related = ("author", "publisher")'
+        assert s.fix_site.file == demo_admin.__file__
+        source = Path(demo_admin.__file__).read_text().splitlines()
+        assert source[s.fix_site.line - 1].startswith("class BookAdmin(")
+        assert s.fire_site.file == demo_admin.__file__
+        assert f"book.{s.field}" in source[s.fire_site.line - 1]
+
+
+def test_admin_changelist_with_list_select_related_is_silent(record):
+    found = analyze(record("/admin-fixed/bookshop/book/", staff=True))
+    assert [s for s in found if s.kind == "n_plus_one"] == []
