@@ -56,6 +56,8 @@ CACHE_MIN_MS = 1.0
 
 #: Aggregates and groupings: work worth caching even when the demo database makes it fast.
 _AGGREGATE = re.compile(r"\b(GROUP BY|COUNT\(|SUM\(|AVG\(|MIN\(|MAX\()", re.IGNORECASE)
+#: Writes on a GET that count as slow on their own; below it, only 2+ writes in autocommit do.
+SLOW_WRITE_MS = 20.0
 #: Single-key cache reads from one place, in one request, that make a ``cache_in_loop``.
 CACHE_LOOP_MIN = 3
 #: Writes Django itself does on reads (sessions, last login) are not the page's doing.
@@ -720,7 +722,8 @@ class _Detector:
                     queries=[q.idx for q in autocommit],
                 )
             )
-        if self.request.method in ("GET", "HEAD"):
+        slow = total >= SLOW_WRITE_MS
+        if self.request.method in ("GET", "HEAD") and (len(autocommit) >= MIN_REPEATS or slow):
             fix = "transaction.on_commit(lambda: task.delay(...))"
             findings.append(
                 _Finding(
@@ -728,7 +731,10 @@ class _Detector:
                     model=writes[0].orm.get("model"),
                     field=None,
                     fix=fix,
-                    title=f"A {self.request.method} request writes ({len(writes)} statements)",
+                    title=(
+                        f"A {self.request.method} request writes "
+                        f"({_plural(len(writes), 'statement')})"
+                    ),
                     detail=(
                         f"{where} write while a {self.request.method} page is being served "
                         f"({total:.1f} ms here, more under load: writes take locks). If the "
@@ -777,6 +783,10 @@ class _Detector:
                 )
             )
         return findings
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _class_site(method: Site, name: str) -> Site:

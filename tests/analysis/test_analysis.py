@@ -165,3 +165,8 @@ def test_admin_changelist_gets_list_select_related_on_the_model_admin(record):
 def test_admin_changelist_with_list_select_related_is_silent(record):
     found = analyze(record("/admin-fixed/bookshop/book/", staff=True))
     assert [s for s in found if s.kind == "n_plus_one"] == []
+
+
+@pytest.mark.parametrize("path", ["/books/touch/fixed/", "/reviews/add/fixed/"])
+def test_one_write_or_one_transaction_on_a_get_is_not_flagged(record, path):
+    assert analyze(record(path)) == []
