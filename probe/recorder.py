@@ -149,6 +149,9 @@ class Unit:
         self.cache: list[dict[str, Any]] = []
         #: Model class -> instances created (labels are looked up when read).
         self.instance_counts: dict[type, int] = {}
+        #: id(ModelIterable.__iter__ frame) -> (self.id, index of the query it ran): which query
+        #: loaded the instances that frame builds (see capture/origin.py).
+        self.loaders: dict[int, tuple[str, int]] = {}
         self.truncated: dict[str, int] = {}
         self.size_estimate = 1024
         #: When the sender got it (monotonic seconds), for its SEND_DELAY deadline.
@@ -267,12 +270,16 @@ class Unit:
         error: str | None,
         start_ns: int,
         end_ns: int,
-    ) -> None:
-        """:meth:`add_query` without the dict: what the SQL hook calls for every query."""
+    ) -> int | None:
+        """:meth:`add_query` without the dict: what the SQL hook calls for every query.
+
+        Returns the record's index in :attr:`queries` (None: dropped, over ``max_queries``).
+        """
         records = self.records
-        if len(records) >= self.max_queries:
+        index = len(records)
+        if index >= self.max_queries:
             self.truncated["queries"] = self.truncated.get("queries", 0) + 1
-            return
+            return None
         leaf_id = self.span_count
         if leaf_id >= self.max_spans:
             self.truncated["spans"] = self.truncated.get("spans", 0) + 1
@@ -301,6 +308,7 @@ class Unit:
             )
         )
         self.size_estimate += RECORD_OVERHEAD + len(sql)
+        return index
 
     def add_cache(self, record: dict[str, Any]) -> None:
         if len(self.cache) >= self.max_cache:

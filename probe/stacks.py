@@ -918,6 +918,40 @@ def resolve(key: int) -> list[dict[str, Any]]:
     return frames
 
 
+#: (id(code), line) -> its site dict, shared (read-only) by every queryset built there. Codes
+#: that were classified stay in _codes, so their ids are never reused.
+_sites: dict[tuple[int, int], dict[str, Any]] = {}
+MAX_SITES = 50_000
+
+
+def first_app_site(frame: FrameType | None, limit: int = 100) -> dict[str, Any] | None:
+    """``{"file", "line", "func"}`` of the first app frame from ``frame`` outward, within
+    ``limit`` frames (None: none). A queryset's creation site: found on the request thread,
+    once per queryset a manager makes, from the cached classification (no source is read).
+    The dict is shared: never modify it."""
+    fget = _flags.get
+    while frame is not None and limit > 0:
+        code = frame.f_code
+        flags = fget(id(code))
+        if flags is None:
+            flags = _classify(code)[1]
+        if flags & APP:
+            key = (id(code), frame.f_lineno)
+            site = _sites.get(key)
+            if site is None:
+                site = {
+                    "file": _entry(code)[4],
+                    "line": key[1],
+                    "func": getattr(code, "co_qualname", code.co_name),
+                }
+                if len(_sites) < MAX_SITES:
+                    _sites[key] = site
+            return site
+        frame = frame.f_back
+        limit -= 1
+    return None
+
+
 def is_app_file(filename: str) -> bool:
     """Whether ``filename`` counts as the user's code under the current configuration."""
     return bool(_classify_path(filename)[0] & APP)

@@ -1,4 +1,5 @@
-"""The probe's capture hooks: SQL, transactions, cache, templates, views, model instances.
+"""The probe's capture hooks: SQL, transactions, cache, templates, views, model instances,
+queryset creation sites.
 
 The middleware calls :func:`install` once when it activates and :func:`ensure_installed` at the
 start of every request (it attaches the SQL wrapper to connections, and the cache wrappers to
@@ -42,7 +43,7 @@ def install() -> None:
     global _installed
     from .. import stacks
     from ..conf import get_config
-    from . import cache, models, orm, sql, templates, views
+    from . import cache, models, origin, orm, sql, templates, views
 
     with _lock:
         config = get_config()
@@ -53,6 +54,7 @@ def install() -> None:
         templates.install()
         views.install()
         models.install()
+        origin.install()
         _installed = True
 
 
@@ -69,9 +71,10 @@ def ensure_installed() -> None:
 def uninstall() -> None:
     """Remove every hook (this thread's connections and caches; others become no-ops)."""
     global _installed
-    from . import cache, models, orm, sql, templates, views
+    from . import cache, models, origin, orm, sql, templates, views
 
     with _lock:
+        origin.uninstall()
         models.uninstall()
         views.uninstall()
         templates.uninstall()

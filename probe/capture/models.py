@@ -9,19 +9,26 @@ pages that load hundreds of rows are the ones being profiled. The wrapper runs t
 then (inside a unit) counts one instance of its class; the unit turns classes into labels when
 it is read. Outside a unit it costs one ContextVar read per instance. Installed once,
 process-wide; uninstalling restores the original unless someone wrapped it since.
+
+The same wrapper tags the instances a queryset's iterator builds with the query that loaded
+them (see origin.py): once the unit has run such a query, one ``sys._getframe`` and two frame
+hops per instance, and a dict lookup.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 from django.db.models import Model
 
 from ..recorder import current_unit
 from . import note_error
+from .origin import FROM_DB_CODE, ITER_CODE, ORIGIN, loaded_by
 
 _originals: dict[str, Any] = {}
+_getframe = sys._getframe
 
 
 def _wrap(original: Any) -> Any:
@@ -34,6 +41,16 @@ def _wrap(original: Any) -> Any:
                 counts = unit.instance_counts
                 model = self.__class__
                 counts[model] = counts.get(model, 0) + 1
+                loaders = unit.loaders
+                if loaders:
+                    caller = _getframe(1)
+                    frame = caller.f_back if caller.f_code is FROM_DB_CODE else None
+                    if frame is not None and frame.f_code is ITER_CODE:
+                        origin = loaders.get(id(frame))  # the usual: a queryset's row
+                    else:
+                        origin = loaded_by(caller, loaders)
+                    if origin is not None:
+                        self.__dict__[ORIGIN] = origin
             except Exception:
                 note_error("models")
 

@@ -9,7 +9,7 @@ locals of frames that matched are read. When several match, the lowest priority 
 
     deferred (0) > fk / reverse_o2o (1) > related_manager (2) > prefetch (3, 4)
     > bulk_create / bulk_update (5) > save / insert / delete / update (6) > queryset (7)
-    > related_fetch (8)
+    > related_fetch (8) > fetch (9)
 
 The result is a small JSON-safe dict; every one has ``op`` and ``model`` (the model label of the
 owner instance or the queryset). By op:
@@ -33,6 +33,29 @@ owner instance or the queryset). By op:
 - ``related_fetch``: iterating a related manager's queryset: ``field``, ``target``, ``kind``,
   ``prefetched``, ``filtered`` (extra WHERE beyond the relation), ``limited`` (sliced),
   ``instance``.
+- ``fetch``: the SELECT a ``ModelIterable`` runs for a root queryset (iteration, ``list()``,
+  ``len()``, ``qs[0]``, a template's ``{% for %}`` over ``Book.objects.filter(...)``) when no
+  other op applies (``get()``/``first()``/``iterator()``... stay ``queryset``, a related
+  manager's stays ``related_fetch``, a prefetch's ``prefetch``): ``site``, ``select_related``
+  (the lookup paths, e.g. ``["author", "author__profile"]``; for a bare ``select_related()``
+  the foreign keys it joined; the key is omitted without ``select_related``). ``.values()``
+  and other non-model iterables have no context.
+
+Where the fix goes and which query loaded the owner (see origin.py):
+
+- ``site``: ``{"file", "line", "func"}`` of the first app frame when a manager built the root
+  queryset (``Book.objects.filter(...)``, a ``get_queryset()`` override calling one), kept
+  through ``.filter().order_by().select_related()``; None when it was built outside a unit
+  (an import-time ``queryset = Book.objects.all()``, say), by a related manager, or with no
+  app frame on the stack. ``fetch`` always has the key; ``prefetch`` has it (the site of the
+  root queryset whose evaluation ran the prefetch) only when known, i.e. not for
+  ``prefetch_related_objects()`` called directly.
+- ``origin``: on ``fk``, ``reverse_o2o``, ``related_manager``, ``related_fetch`` and
+  ``deferred``, the index in this unit's queries (``Unit.queries``, the ``queries`` list of
+  ``Unit.to_message``, same order) of the query that loaded the owner instance: the ``fetch``,
+  ``queryset`` (``get()``, ``iterator()``...), ``prefetch`` or ``fk`` query whose rows built it,
+  ``select_related`` instances included. Omitted when unknown: the instance was built in code,
+  loaded outside this unit (before it, in another request, from a cache), or by raw SQL.
 """
 
 from __future__ import annotations
@@ -48,6 +71,7 @@ from django.db.models import Model
 from .. import stacks
 from ..conf import REDACTED
 from . import note_error
+from .origin import PREFETCH_CALLERS, SITE, origin_of, site_of
 from .redact import make_sensitive_check
 
 
@@ -122,7 +146,13 @@ SIGNATURES: tuple[Row, ...] = (
     # QuerySet.iterator() returns the _iterator() generator: that is the frame that queries.
     Row(_Q, "QuerySet._iterator", "queryset", 7, "iterator"),
     Row(_Q, "QuerySet._fetch_all", "related_fetch", 8),
+    Row(_Q, "ModelIterable.__iter__", "fetch", 9),
 )
+
+
+#: A frame's locals, and what a reader makes of them (None: "not mine, ask the next frame").
+Locals = dict[str, Any]
+Context = dict[str, Any] | None
 
 
 class Signature:
@@ -130,7 +160,7 @@ class Signature:
 
     __slots__ = ("method", "priority", "read", "reader")
 
-    def __init__(self, row: Row, read: Callable[[dict[str, Any], Signature], Any]):
+    def __init__(self, row: Row, read: Callable[[Locals, Signature, FrameType], Context]):
         self.reader = row.reader
         self.priority = row.priority
         self.method = row.method
@@ -180,6 +210,14 @@ def _ident(obj: Any) -> str | None:
     if known[1]:
         return f"{known[0]}:{REDACTED}#{hash(pk) & 0xFFFFFFFF:08x}"
     return f"{known[0]}:{pk}"
+
+
+def _with_origin(context: dict[str, Any], instance: Any) -> dict[str, Any]:
+    """``context`` with ``origin``: the query of this unit that loaded ``instance``, if known."""
+    origin = origin_of(instance)
+    if origin is not None:
+        context["origin"] = origin
+    return context
 
 
 def _cache_name(rel: Any) -> str:
@@ -245,23 +283,24 @@ def _m2m_relation(owner: type, target: type, qs: Any) -> tuple[str, str] | None:
 # -- readers: f_locals -> context dict (or None: "not mine, ask the next frame") --------------
 
 
-def _deferred(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _deferred(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     instance, descriptor = loc.get("instance"), loc.get("self")
     if instance is None or descriptor is None:
         return None
-    return {
+    context = {
         "op": "deferred",
         "model": _label(type(instance)),
         "field": descriptor.field.name,
         "instance": _ident(instance),
     }
+    return _with_origin(context, instance)
 
 
 #: FK descriptor -> (owner class, model label, field name, target label, relation).
 _fk_shapes: dict[Any, tuple[type, str | None, str, str | None, str]] = {}
 
 
-def _fk(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _fk(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     instance, descriptor = loc.get("instance"), loc.get("self")
     if instance is None or descriptor is None:
         return None
@@ -285,7 +324,7 @@ def _fk(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
                 _fk_shapes[descriptor] = shape
             except TypeError:
                 pass
-    return {
+    context = {
         "op": "fk",
         "model": shape[1],
         "field": shape[2],
@@ -293,23 +332,25 @@ def _fk(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
         "relation": shape[4],
         "instance": _ident(instance),
     }
+    return _with_origin(context, instance)
 
 
-def _reverse_o2o(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _reverse_o2o(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     instance, descriptor = loc.get("instance"), loc.get("self")
     if instance is None or descriptor is None:
         return None
     related = descriptor.related
-    return {
+    context = {
         "op": "reverse_o2o",
         "model": _label(type(instance)),
         "field": related.get_accessor_name(),
         "target": _label(related.related_model),
         "instance": _ident(instance),
     }
+    return _with_origin(context, instance)
 
 
-def _related_manager(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _related_manager(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     manager = loc.get("self")
     instance = getattr(manager, "instance", None)
     if instance is None:
@@ -318,7 +359,7 @@ def _related_manager(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | No
     if relation is None:
         return None
     accessor, cache_name, kind = relation
-    return {
+    context = {
         "op": "related_manager",
         "method": loc.get("name") or sig.method,
         "model": _label(type(instance)),
@@ -328,9 +369,10 @@ def _related_manager(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | No
         "prefetched": _prefetched(instance, cache_name),
         "instance": _ident(instance),
     }
+    return _with_origin(context, instance)
 
 
-def _prefetch(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _prefetch(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     instances = loc.get("instances") or ()
     lookup, level = loc.get("lookup"), loc.get("level") or 0
     path = field = None
@@ -338,16 +380,30 @@ def _prefetch(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
         path = "__".join(lookup.prefetch_to.split("__")[: level + 1])
         through = lookup.prefetch_through.split("__")
         field = through[level] if level < len(through) else None
-    return {
+    context = {
         "op": "prefetch",
         "model": _label(type(instances[0])) if instances else None,
         "lookup": path,
         "field": field,
         "count": len(instances),
     }
+    site = _prefetch_site(frame)
+    if site is not None:
+        context["site"] = site
+    return context
 
 
-def _prefetch_queryset(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _prefetch_site(frame: FrameType) -> dict[str, Any] | None:
+    """The creation site of the root queryset whose ``_fetch_all``/``iterator()`` called
+    ``prefetch_related_objects`` (the caller of ``frame``, ``prefetch_one_level``)."""
+    caller = frame.f_back
+    caller = caller.f_back if caller is not None else None
+    if caller is None or caller.f_code not in PREFETCH_CALLERS:
+        return None  # prefetch_related_objects() called directly: no root queryset
+    return site_of(caller.f_locals.get("self"))
+
+
+def _prefetch_queryset(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     instances = loc.get("instances") or ()
     owner = loc.get("self")
     field = None
@@ -367,7 +423,7 @@ def _prefetch_queryset(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | 
     }
 
 
-def _save(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _save(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     obj = loc.get("self")
     if obj is None:
         return None
@@ -380,14 +436,14 @@ def _save(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
     }
 
 
-def _insert(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _insert(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     obj = loc.get("self")
     if obj is None:
         return None
     return {"op": "insert", "model": _label(type(obj)), "instance": _ident(obj)}
 
 
-def _delete(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _delete(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     obj = loc.get("self")
     if obj is None:
         return None
@@ -396,7 +452,7 @@ def _delete(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
     return {"op": "delete", "model": _label(type(obj)), "instance": _ident(obj)}
 
 
-def _bulk_create(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _bulk_create(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     qs, objs = loc.get("self"), loc.get("objs")
     if qs is None:
         return None
@@ -407,7 +463,7 @@ def _bulk_create(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
     }
 
 
-def _bulk_update(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _bulk_update(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     qs, objs, fields = loc.get("self"), loc.get("objs"), loc.get("fields") or ()
     if qs is None:
         return None
@@ -419,7 +475,7 @@ def _bulk_update(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
     }
 
 
-def _update(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _update(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     qs = loc.get("self")
     if qs is None:
         return None
@@ -475,10 +531,10 @@ def _related_context(
         limited=limited,
         instance=_ident(owner),
     )
-    return context
+    return _with_origin(context, owner)
 
 
-def _queryset(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _queryset(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     qs = loc.get("self")
     if qs is None:
         return None
@@ -489,7 +545,7 @@ def _queryset(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
     return {"op": "queryset", "method": sig.method, "model": _label(qs.model)}
 
 
-def _related_fetch(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None:
+def _related_fetch(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     # _queryset_relation + _related_context inlined: this one runs for every lazy related
     # list a template loops over (the N+1 on a many-to-many or reverse FK).
     qs = loc.get("self")
@@ -521,7 +577,7 @@ def _related_fetch(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None
         kind = "m2m"
     query = qs.query
     cache = getattr(owner, "_prefetched_objects_cache", None)
-    return {
+    context = {
         "op": "related_fetch",
         "model": _labels.get(owner_model) or _label(owner_model),
         "field": accessor,
@@ -532,9 +588,68 @@ def _related_fetch(loc: dict[str, Any], sig: Signature) -> dict[str, Any] | None
         "limited": bool(query.low_mark) or query.high_mark is not None,
         "instance": _ident(owner),
     }
+    origin = origin_of(owner)
+    if origin is not None:
+        context["origin"] = origin
+    return context
 
 
-READERS: dict[str, Callable[[dict[str, Any], Signature], dict[str, Any] | None]] = {
+def _fetch(loc: Locals, sig: Signature, frame: FrameType) -> Context:
+    # The lowest priority: a ModelIterable whose SELECT no other reader claimed, i.e. a root
+    # queryset being evaluated (iteration, list(), len(), a template's {% for %}, qs[0]).
+    qs = getattr(loc.get("self"), "queryset", None)
+    if qs is None:
+        return None
+    hints = qs._hints
+    if hints and hints.get("instance") is not None:
+        return None  # a related manager's queryset the related readers could not place
+    model = qs.model
+    query = qs.query
+    context: dict[str, Any] = {
+        "op": "fetch",
+        "model": _labels.get(model) or _label(model),
+        "site": query.__dict__.get(SITE),
+    }
+    related = query.select_related
+    if related:
+        paths = _select_related_paths(related, loc.get("compiler"))
+        if paths:
+            context["select_related"] = paths
+    return context
+
+
+def _select_related_paths(related: Any, compiler: Any) -> list[str]:
+    """``select_related`` as lookup paths (``author``, ``author__profile``), in the order given.
+
+    A bare ``select_related()`` (``True``) follows every non-null foreign key: the paths are
+    then the relations the compiler actually joined.
+    """
+    paths: list[str] = []
+    if isinstance(related, dict):
+        _tree_paths(related, "", paths)
+    else:
+        info = getattr(compiler, "klass_info", None)
+        if info:
+            _joined_paths(info, "", paths)
+    return paths
+
+
+def _tree_paths(tree: dict[str, Any], prefix: str, paths: list[str]) -> None:
+    for name, sub in tree.items():
+        paths.append(prefix + name)
+        if sub:
+            _tree_paths(sub, f"{prefix}{name}__", paths)
+
+
+def _joined_paths(klass_info: dict[str, Any], prefix: str, paths: list[str]) -> None:
+    for sub in klass_info.get("related_klass_infos") or ():
+        field = sub["field"]
+        name = field.related_query_name() if sub.get("reverse") else field.name
+        paths.append(prefix + name)
+        _joined_paths(sub, f"{prefix}{name}__", paths)
+
+
+READERS: dict[str, Callable[[Locals, Signature, FrameType], Context]] = {
     "deferred": _deferred,
     "fk": _fk,
     "reverse_o2o": _reverse_o2o,
@@ -549,6 +664,7 @@ READERS: dict[str, Callable[[dict[str, Any], Signature], dict[str, Any] | None]]
     "update": _update,
     "queryset": _queryset,
     "related_fetch": _related_fetch,
+    "fetch": _fetch,
 }
 
 
@@ -627,7 +743,7 @@ def read_context(
         hits.sort(key=_priority)  # stable: ties keep the innermost first (the list is ours)
     for sig, frame in hits:
         try:
-            result = sig.read(frame.f_locals, sig)
+            result = sig.read(frame.f_locals, sig, frame)
         except Exception:
             note_error("orm")
             continue

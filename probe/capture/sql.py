@@ -30,6 +30,7 @@ from django.db.utils import ConnectionHandler
 from .. import recorder, stacks
 from ..recorder import current_unit
 from . import note_error
+from .origin import loader_frame, register
 
 #: Rows of an ``executemany`` kept for display (the rest are only counted).
 MANY_ROWS_KEPT = 3
@@ -97,11 +98,13 @@ def execute_wrapper(
     unit = current_unit.get()
     if unit is None:
         return execute(sql, params, many, context)
-    counter = None
+    counter = loader = None
     try:
         connection = context["connection"]
         memo = unit.memo if unit.thread_id == _get_ident() else unit.stack_memo()
         key, template, orm = _capture(1, True, memo)
+        # A queryset's SELECT: the instances its iterator builds point at this record.
+        loader = loader_frame(1)
         batch = None
         if many:
             if isinstance(params, (list, tuple)):
@@ -122,6 +125,8 @@ def execute_wrapper(
         depth = len(connection.savepoint_ids)
     except Exception:
         note_error("sql")
+        if loader is not None:
+            unit.loaders.pop(id(loader), None)
         return execute(sql, params, many, context)
     start = _perf_ns()
     try:
@@ -131,10 +136,12 @@ def execute_wrapper(
         try:
             if counter is not None:
                 batch = counter.count
-            unit.add_query_record(
+            index = unit.add_query_record(
                 text, kept, many, batch, alias, vendor, atomic, depth, key, template, orm,
                 None, type(exc).__name__, start, end,
             )  # fmt: skip
+            if loader is not None:
+                register(unit, loader, index)
         except Exception:
             note_error("sql")
         raise
@@ -151,12 +158,16 @@ def execute_wrapper(
                 rowcount = None
         except Exception:
             rowcount = None
-        unit.add_query_record(
+        index = unit.add_query_record(
             text, kept, many, batch, alias, vendor, atomic, depth, key, template, orm,
             rowcount, None, start, end,
         )  # fmt: skip
+        if loader is not None:
+            register(unit, loader, index)
     except Exception:
         note_error("sql")
+        if loader is not None:
+            unit.loaders.pop(id(loader), None)
     return result
 
 

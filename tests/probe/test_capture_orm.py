@@ -230,14 +230,16 @@ def test_queryset_api_methods(recording, books):
     assert {q["orm"]["model"] for q in unit.queries} == {"bookshop.Book"}
 
 
-def test_plain_iteration_and_raw_sql_have_no_context(recording, books):
+def test_plain_iteration_is_a_fetch_and_raw_sql_has_no_context(recording, books):
     from django.db import connection
 
     with recording() as unit:
         list(Book.objects.all())
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    assert [q["orm"] for q in unit.queries] == [None, None]
+    fetch, raw = (q["orm"] for q in unit.queries)
+    assert (fetch["op"], fetch["model"]) == ("fetch", "bookshop.Book")  # see test_capture_origin
+    assert raw is None
 
 
 def test_prefetch_queries(recording, books):
@@ -249,7 +251,7 @@ def test_prefetch_queries(recording, books):
         )
     assert len(authors) == 2
     contexts = [q["orm"] for q in unit.queries]
-    assert contexts[0] is None  # the root queryset
+    assert contexts[0]["op"] == "fetch"  # the root queryset
     lookups = [(c["op"], c["lookup"]) for c in contexts[1:]]
     assert ("prefetch", "books") in lookups
     assert ("prefetch", "books__tags") in lookups
