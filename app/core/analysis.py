@@ -58,6 +58,8 @@ CACHE_MIN_MS = 1.0
 _AGGREGATE = re.compile(r"\b(GROUP BY|COUNT\(|SUM\(|AVG\(|MIN\(|MAX\()", re.IGNORECASE)
 #: Writes on a GET that count as slow on their own; below it, only 2+ writes in autocommit do.
 SLOW_WRITE_MS = 20.0
+#: Lookups (get/first/exists/count) from one place that make a ``get_in_loop``.
+LOOKUP_MIN = 3
 #: Single-key cache reads from one place, in one request, that make a ``cache_in_loop``.
 CACHE_LOOP_MIN = 3
 #: Writes Django itself does on reads (sessions, last login) are not the page's doing.
@@ -348,7 +350,8 @@ class _Detector:
             elif op == "queryset" and q.orm.get("method") in _LOOKUP_METHODS:
                 key = ("get", q.orm.get("method"), q.orm.get("model"), q.fingerprint)
             elif op in _WRITE_KINDS and not q.orm.get("bulk") and q.operation != "SELECT":
-                key = (op, None, q.orm.get("model"), q.fingerprint)
+                # Not by fingerprint: a None value makes "SET col = NULL", another statement.
+                key = (op, None, q.orm.get("model"), q.operation)
             else:
                 continue
             origin = q.orm.get("origin")
@@ -369,6 +372,8 @@ class _Detector:
                 continue
             if op not in _WRITE_KINDS and op != "get" and len(instances - {None}) < MIN_REPEATS:
                 continue  # the same row read again: a duplicate, not an N+1
+            if op == "get" and len(queries) < LOOKUP_MIN:
+                continue  # two lookups on one line are not yet a loop
             finding = self._finding(op, method, model, fieldname, queries)
             if finding is not None:
                 finding.queries = [q.idx for q in queries]

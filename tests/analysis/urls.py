@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template import engines
 from django.urls import include, path
 
-from djangoscope.resources.demo.bookshop.models import Book
+from djangoscope.resources.demo.bookshop.models import Author, Book
 
 #: Flipped by the tests: True is the code after the user applied the suggestion.
 FIXED = {"books": False}
@@ -34,7 +34,27 @@ def one_from_a_list(request: HttpRequest) -> HttpResponse:
     return HttpResponse(books[0].author.name)
 
 
+def authors_books_publishers(request: HttpRequest) -> HttpResponse:
+    authors = Author.objects.prefetch_related("books").order_by("name")
+    rows = [f"{b.title}: {b.publisher}" for a in authors for b in a.books.all()]
+    return HttpResponse("\n".join(rows))
+
+
+def authors_long_books(request: HttpRequest) -> HttpResponse:
+    authors = Author.objects.order_by("name")
+    rows = [f"{a.name}: {list(a.books.filter(pages__gt=100))}" for a in authors]
+    return HttpResponse("\n".join(rows))
+
+
+def authors_prefetched_count(request: HttpRequest) -> HttpResponse:
+    authors = Author.objects.prefetch_related("books").order_by("name")
+    return HttpResponse("\n".join(f"{a.name}: {a.books.count()}" for a in authors))
+
+
 urlpatterns = [
+    path("authors-books-publishers/", authors_books_publishers),
+    path("authors-long-books/", authors_long_books),
+    path("authors-prefetched-count/", authors_prefetched_count),
     path("books/", books, name="books"),
     path("two-singles/", two_singles),
     path("one-from-a-list/", one_from_a_list),
