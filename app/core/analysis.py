@@ -379,6 +379,7 @@ class _Detector:
                 finding.queries = [q.idx for q in queries]
                 covered.update(finding.queries)
                 findings.append(finding)
+        findings += self._full_row_saves(covered)
         findings += self._duplicates(covered)
         findings += self._writes(covered)
         findings += self._cache_loops()
@@ -622,10 +623,22 @@ class _Detector:
             fix = f"{owner}.objects.bulk_create(objs, batch_size=500)"
             what = "INSERT"
         elif op == "save":
-            fields = first.orm.get("update_fields") or _set_columns(first.sql)
-            listed = ", ".join(f'"{f}"' for f in fields)
-            fix = f"{owner}.objects.bulk_update(objs, [{listed}], batch_size=500)"
             what = "UPDATE"
+            changed = _changes(qs)
+            if changed is not None and changed[1]:
+                exprs = ", ".join(
+                    f'{f}=F("{f}") {"+" if d >= 0 else "-"} {abs(d)}'
+                    for f, d in sorted(changed[1].items())
+                )
+                fix = f"{owner}.objects.filter(pk__in=ids).update({exprs})"
+            else:
+                fields = (
+                    changed[0]
+                    if changed is not None and changed[0]
+                    else first.orm.get("update_fields") or _set_columns(first.sql)
+                )
+                listed = ", ".join(f'"{f}"' for f in fields)
+                fix = f"{owner}.objects.bulk_update(objs, [{listed}], batch_size=500)"
         else:
             fix = f"{owner}.objects.filter(pk__in=ids).delete()"
             what = "DELETE"
@@ -755,6 +768,50 @@ class _Detector:
             )
         return findings
 
+    def _full_row_saves(self, covered: set[int]) -> list[_Finding]:
+        """save() that rewrites every column while only some changed: ``update_fields``."""
+        groups: dict[tuple[Any, ...], list[_Query]] = defaultdict(list)
+        for q in self.request.queries:
+            changed = q.orm.get("changed")
+            if (
+                q.orm.get("op") == "save"
+                and q.operation == "UPDATE"
+                and q.idx not in covered
+                and isinstance(changed, list)
+                and changed
+                and len(changed) < len(_set_columns(q.sql))
+            ):
+                groups[(q.stack_id, q.template, tuple(changed))].append(q)
+        findings = []
+        for (_, _, changed), qs in groups.items():
+            first = qs[0]
+            owner = _model_name(first.orm.get("model"))
+            listed = ", ".join(f'"{f}"' for f in changed)
+            fix = f".save(update_fields=[{listed}])"
+            columns = len(_set_columns(first.sql))
+            fire = self.fire_site(first)
+            findings.append(
+                _Finding(
+                    kind="full_row_save",
+                    model=first.orm.get("model"),
+                    field=changed[0] if len(changed) == 1 else None,
+                    fix=fix,
+                    title=f"{owner}.save() writes {columns} columns, {len(changed)} changed",
+                    detail=(
+                        f"{fire.short() if fire else '?'} saves a {owner} whose "
+                        f"{', '.join(changed)} changed, but the UPDATE rewrites all {columns} "
+                        f"columns (and can overwrite a concurrent change to the others). Use "
+                        f"`{owner.lower()}{fix}`."
+                    ),
+                    fire_site=fire,
+                    fix_site=fire,
+                    queries_saved=0,
+                    ms_saved=0.0,
+                    queries=[q.idx for q in qs],
+                )
+            )
+        return findings
+
     def _cache_loops(self) -> list[_Finding]:
         """Single-key gets from one place, one per item: one ``get_many`` instead."""
         groups: dict[tuple[Any, ...], list[_Cache]] = defaultdict(list)
@@ -830,6 +887,24 @@ def _key_pattern(keys: list[str]) -> str:
 def _stable_key(keys: list[str]) -> str:
     prefix = _common_prefix(keys).rstrip(":_-./ 0123456789")
     return prefix or "a-stable-key"
+
+
+def _changes(qs: list[_Query]) -> tuple[list[str], dict[str, float]] | None:
+    """What full-row saves changed (the probe's ``changed``/``deltas``): the fields, and the
+    per-field delta when every save added the same number to the same fields (then one
+    ``.update(F() + n)`` does it all). None when the probe could not tell for some save."""
+    changes = [q.orm.get("changed") for q in qs]
+    if not changes or not all(isinstance(c, list) for c in changes):
+        return None
+    fields = sorted({str(f) for c in changes for f in c})
+    deltas = [q.orm.get("deltas") or {} for q in qs]
+    uniform = (
+        fields
+        and all(sorted(c) == fields for c in changes)
+        and all(isinstance(d, dict) and sorted(d) == fields for d in deltas)
+        and all(d == deltas[0] for d in deltas)
+    )
+    return fields, (dict(deltas[0]) if uniform else {})
 
 
 def _set_columns(sql: str) -> list[str]:

@@ -25,7 +25,7 @@ from django.db.models import Model
 
 from ..recorder import current_unit
 from . import note_error
-from .origin import FROM_DB_CODE, ITER_CODE, ORIGIN, loaded_by
+from .origin import FROM_DB_CODE, ITER_CODE, LOADED, ORIGIN, loaded_by
 
 _originals: dict[str, Any] = {}
 _getframe = sys._getframe
@@ -50,7 +50,12 @@ def _wrap(original: Any) -> Any:
                     else:
                         origin = loaded_by(caller, loaders)
                     if origin is not None:
-                        self.__dict__[ORIGIN] = origin
+                        state = self.__dict__
+                        state[ORIGIN] = origin
+                        # from_db passes the row, one value per concrete field (DEFERRED
+                        # for the deferred ones): kept as loaded, so a save can say what
+                        # changed (no copy: the tuple is the call's own).
+                        state[LOADED] = args
             except Exception:
                 note_error("models")
 

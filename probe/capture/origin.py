@@ -48,6 +48,8 @@ from . import note_error
 SITE = "_djangoscope_site"
 #: Key of ``(unit.id, query index)`` in a model instance's ``__dict__``.
 ORIGIN = "_djangoscope_origin"
+#: Key of the row values an instance was loaded with (``from_db``'s positional args).
+LOADED = "_djangoscope_loaded"
 
 _getframe = sys._getframe
 

@@ -24,7 +24,10 @@ owner instance or the queryset). By op:
 - ``prefetch``: ``lookup`` (the path prefetched at this level, e.g. ``books`` then
   ``books__tags``, or a ``to_attr``; None when ``get_prefetch_querysets`` was called directly),
   ``field`` (the relation followed at this level), ``count`` (instances prefetched for).
-- ``save``: ``update_fields`` (sorted list or None), ``instance``. ``insert``: ``instance`` (None
+- ``save``: ``update_fields`` (sorted list or None), ``instance``; for a full-row save of an
+  instance loaded in this unit also ``changed`` (the fields whose value differs from the row it
+  was loaded with, ``auto_now`` ones included) and ``deltas`` (new - old of the numeric changed
+  fields, sensitive columns excepted). ``insert``: ``instance`` (None
   until the pk is known). ``delete``: ``instance`` or ``bulk: True`` for ``QuerySet.delete``.
 - ``bulk_create``: ``count``. ``bulk_update``: ``fields``, ``count``. ``update``: ``fields``.
 - ``queryset``: ``method`` (count/exists/get/first/last/in_bulk/aggregate/iterator/...).
@@ -67,11 +70,12 @@ from typing import Any, NamedTuple
 
 import django
 from django.db.models import Model
+from django.db.models.base import DEFERRED
 
 from .. import stacks
 from ..conf import REDACTED
 from . import note_error
-from .origin import PREFETCH_CALLERS, SITE, origin_of, site_of
+from .origin import LOADED, PREFETCH_CALLERS, SITE, origin_of, site_of
 from .redact import make_sensitive_check
 
 
@@ -428,12 +432,44 @@ def _save(loc: Locals, sig: Signature, frame: FrameType) -> Context:
     if obj is None:
         return None
     update_fields = loc.get("update_fields")
-    return {
+    context = {
         "op": "save",
         "model": _label(type(obj)),
         "update_fields": sorted(update_fields) if update_fields is not None else None,
         "instance": _ident(obj),
     }
+    if update_fields is None and origin_of(obj) is not None:
+        _changes(obj, context)
+    return context
+
+
+def _changes(obj: Any, context: dict[str, Any]) -> None:
+    """``changed``: fields whose value differs from the row the instance was loaded with;
+    ``deltas``: new - old of the numeric ones (not of sensitive columns). A full-row save of a
+    loaded instance is where ``save(update_fields=[...])`` or ``F()`` is the fix."""
+    loaded = obj.__dict__.get(LOADED)
+    fields = type(obj)._meta.concrete_fields
+    if type(loaded) is not tuple or len(loaded) != len(fields):
+        return
+    state = obj.__dict__
+    changed = []
+    deltas: dict[str, int | float] = {}
+    for f, old in zip(fields, loaded, strict=True):
+        new = state.get(f.attname, DEFERRED)
+        if old is DEFERRED or new is DEFERRED or new is old:
+            continue
+        try:
+            same = bool(new == old)
+        except Exception:  # exotic types: say changed rather than guess
+            same = False
+        if same:
+            continue
+        changed.append(f.name)
+        if type(new) in (int, float) and type(old) in (int, float) and not _is_sensitive(f.column):
+            deltas[f.name] = new - old
+    context["changed"] = changed
+    if deltas:
+        context["deltas"] = deltas
 
 
 def _insert(loc: Locals, sig: Signature, frame: FrameType) -> Context:

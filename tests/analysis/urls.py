@@ -51,7 +51,18 @@ def authors_prefetched_count(request: HttpRequest) -> HttpResponse:
     return HttpResponse("\n".join(f"{a.name}: {a.books.count()}" for a in authors))
 
 
+def rename_one(request: HttpRequest) -> HttpResponse:
+    book = Book.objects.filter(published=True).order_by("pk")[0]
+    book.title = book.title.upper()
+    if request.GET.get("fixed"):
+        book.save(update_fields=["title"])
+    else:
+        book.save()
+    return HttpResponse(book.title)
+
+
 urlpatterns = [
+    path("rename-one/", rename_one),
     path("authors-books-publishers/", authors_books_publishers),
     path("authors-long-books/", authors_long_books),
     path("authors-prefetched-count/", authors_prefetched_count),

@@ -333,3 +333,30 @@ def test_nested_select_related_instances_share_the_joined_query(recording, books
         loaded.append(origin.origin_of(book.publisher))
     assert len(unit.queries) == 2
     assert loaded == [1, 1, 1, 1]
+
+
+def test_full_row_save_says_which_fields_changed_and_by_how_much(recording, books):
+    with recording() as unit:
+        for book in Book.objects.filter(published=True).order_by("pk")[:3]:
+            book.views += 2
+            book.title = book.title + "!"
+            book.save()
+        single = Book.objects.order_by("pk").first()
+        single.save(update_fields=["views"])  # update_fields given: nothing to say
+    saves = [q["orm"] for q in unit.queries if (q["orm"] or {}).get("op") == "save"]
+    assert len(saves) == 4
+    for context in saves[:3]:
+        assert context["changed"] == ["title", "views"]
+        assert context["deltas"] == {"views": 2}
+    assert "changed" not in saves[3]
+
+
+def test_instance_built_in_code_has_no_changed_fields(recording, books):
+    author = Author.objects.get(name="Ann")
+    with recording() as unit:
+        book = Book(title="New", isbn="x-1", author=author, pages=10, price=1)
+        book.save()
+        book.pages = 11
+        book.save()
+    saves = [q["orm"] for q in unit.queries if (q["orm"] or {}).get("op") == "save"]
+    assert saves and all("changed" not in context for context in saves)
