@@ -531,9 +531,14 @@ def _suggestions_text(suggestions: list[dict[str, Any]], root: str = "") -> list
     if not suggestions:
         return [*out, "  none"]
     for s in open_:
-        saved = f"-{s.get('queries_saved')} queries, -{_num(s.get('ms_saved'))} ms"
+        parts = []
+        if s.get("queries_saved"):
+            parts.append(f"-{s['queries_saved']} queries")
+        if s.get("ms_saved"):
+            parts.append(f"-{_num(s['ms_saved'])} ms")
+        saved = f"  ({', '.join(parts)})" if parts else ""
         out.append(_cut(f"  [{s.get('severity')}] {s.get('endpoint')}: {s.get('title')}", WIDTH))
-        out.append("    " + _cut(f"fix: {s.get('fix')}  ({saved})", WIDTH - 4))
+        out.append("    " + _cut(f"fix: {s.get('fix')}{saved}", WIDTH - 4))
         for label in ("fix_site", "fire_site"):
             site = s.get(label)
             if site and site.get("file"):

@@ -212,3 +212,20 @@ def test_full_row_save_gets_update_fields(record, fixable):
 
 def test_save_with_update_fields_is_silent(record, fixable):
     assert analyze(record("/rename-one/?fixed=1")) == []
+
+
+def test_text_report_shows_the_fix_the_sites_and_the_resolved_figures(record, fixable):
+    from djangoscope.app.core.report import build_report, format_report
+
+    record("/books/", "/books/")
+    fixable["books"] = True
+    text = format_report(build_report(record("/books/", "/catalogue/")))
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert "Suggestions (2 open, 1 resolved)" in lines
+    assert '    fix: .select_related("author") (-100 queries, ' in text
+    assert any(line.startswith("    fire site: bookshop/catalogue.html:5") for line in lines)
+    assert any(
+        line.startswith('[resolved] GET books/: .select_related("author"): 101 -> 1 queries')
+        for line in lines
+    )
