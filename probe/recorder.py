@@ -152,6 +152,10 @@ class Unit:
         #: id(ModelIterable.__iter__ frame) -> (self.id, index of the query it ran): which query
         #: loaded the instances that frame builds (see capture/origin.py).
         self.loaders: dict[int, tuple[str, int]] = {}
+        #: Query index -> instances it loaded (tagged with it; see capture/models.py).
+        self.rows: dict[int, int] = {}
+        #: (query index, relation) read on an instance that query loaded: the joins used.
+        self.touched: set[tuple[int, str]] = set()
         self.truncated: dict[str, int] = {}
         self.size_estimate = 1024
         #: When the sender got it (monotonic seconds), for its SEND_DELAY deadline.
@@ -360,6 +364,17 @@ class Unit:
             memo.clear()
 
     # -- serialization (sender thread) ---------------------------------------------------------
+    def _loads(self) -> dict[int, dict[str, Any]]:
+        """Per loading query: ``rows`` (instances it built) and ``touched`` (the single-valued
+        relations read on them), merged into its ORM context by :meth:`to_message`."""
+        loads: dict[int, dict[str, Any]] = {
+            index: {"rows": n, "touched": []} for index, n in self.rows.items()
+        }
+        for index, relation in sorted(self.touched):
+            entry = loads.setdefault(index, {"rows": None, "touched": []})
+            entry["touched"].append(relation)
+        return loads
+
     def to_message(self, redactor: Any = None) -> dict[str, Any]:
         """The UNIT message body. Runs on the sender thread, never on the request thread."""
         base = self.start_ns
@@ -376,9 +391,10 @@ class Unit:
             return ref
 
         records = list(self.records)
+        loads = self._loads()
         queries = []
         add_query = queries.append
-        for (
+        for index, (
             sql,
             params,
             many,
@@ -396,9 +412,11 @@ class Unit:
             end,
             span,
             _leaf,
-        ) in records:
+        ) in enumerate(records):
             if redactor is not None:
                 params = redactor(sql, params, many)
+            if index in loads and orm is not None:
+                orm = {**orm, **loads[index]}
             add_query(
                 {
                     "span": span,

@@ -1055,6 +1055,62 @@ def _cache_recompute(requests: list[_Request], stacks: _Stacks) -> list[Suggesti
     return out
 
 
+def _unused_eager_loads(requests: list[_Request]) -> list[Suggestion]:
+    """A ``select_related`` path that no row of any request of the endpoint ever read.
+
+    Per endpoint and queryset site, across every request: a join that one request reads is
+    used, even if another request of the same view does not. Nested paths are left alone (the
+    probe tracks reads on the first level), and so are admin changelists (Django joins there).
+    """
+    seen: dict[tuple[Any, ...], list[tuple[int, bool, _Query]]] = defaultdict(list)
+    for r in requests:
+        if _CHANGELIST.match(r.view):
+            continue
+        for q in r.queries:
+            orm = q.orm
+            paths, site = orm.get("select_related"), orm.get("site")
+            if orm.get("op") != "fetch" or not isinstance(paths, list) or not orm.get("rows"):
+                continue
+            if not isinstance(site, dict) or not site.get("file"):
+                continue
+            touched = set(orm.get("touched") or ())
+            for path in paths:
+                if isinstance(path, str) and "__" not in path:
+                    key = (r.endpoint, site["file"], site.get("line"), path)
+                    seen[key].append((r.id, path in touched, q))
+    out = []
+    for (endpoint, file, line, path), entries in seen.items():
+        if any(used for _, used, _ in entries):
+            continue
+        q = entries[-1][2]
+        owner = _model_name(q.orm.get("model"))
+        site = Site(file, line)
+        fix = f'remove "{path}" from .select_related(...)'
+        out.append(
+            _make(
+                (endpoint, "unused_eager_load", file, line, path),
+                kind="unused_eager_load",
+                title=f'Unused join: {owner} .select_related("{path}") is never read',
+                detail=(
+                    f"The queryset built at {site.short()} joins `{path}` into every {owner} "
+                    f"row, but no request of {endpoint} ({len(entries)} seen) read it: the "
+                    f"join and the extra columns are wasted. {fix.capitalize()}."
+                ),
+                fix=fix,
+                model=q.orm.get("model"),
+                field=path,
+                fire_site=site,
+                fix_site=site,
+                queries_saved=0,
+                ms_saved=0.0,
+                request_ids=[rid for rid, _, _ in entries],
+                endpoint=endpoint,
+                severity="low",
+            )
+        )
+    return out
+
+
 def _make(key: tuple[Any, ...], **values: Any) -> Suggestion:
     digest = hashlib.sha1(repr(key).encode("utf-8")).hexdigest()[:12]
     values.setdefault("severity", _severity(values["queries_saved"], values["ms_saved"]))
@@ -1096,6 +1152,7 @@ def analyze_requests(requests: list[_Request], stacks: _Stacks) -> list[Suggesti
         suggestions.append(suggestion)
     suggestions += _cache_candidates(requests, stacks)
     suggestions += _cache_recompute(requests, stacks)
+    suggestions += _unused_eager_loads(requests)
     suggestions.sort(
         key=lambda s: (s.status != "open", -s.ms_saved, -s.queries_saved, s.kind, s.id)
     )

@@ -50,6 +50,8 @@ def _wrap(original: Any) -> Any:
                     else:
                         origin = loaded_by(caller, loaders)
                     if origin is not None:
+                        rows = unit.rows
+                        rows[origin[1]] = rows.get(origin[1], 0) + 1
                         state = self.__dict__
                         state[ORIGIN] = origin
                         # from_db passes the row, one value per concrete field (DEFERRED

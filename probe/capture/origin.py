@@ -36,6 +36,10 @@ from types import CodeType, FrameType
 from typing import Any
 
 from django.db.models import Model
+from django.db.models.fields.related_descriptors import (
+    ForwardManyToOneDescriptor,
+    ReverseOneToOneDescriptor,
+)
 from django.db.models.manager import BaseManager, Manager
 from django.db.models.query import ModelIterable, QuerySet, RelatedPopulator
 from django.db.models.sql.compiler import SQLCompiler
@@ -205,19 +209,58 @@ def _wrap_get_queryset(original: Any) -> Any:
     return get_queryset
 
 
-_originals: dict[str, Any] = {}
+def _wrap_get(original: Any, name_of: Any) -> Any:
+    """A single-valued relation descriptor's ``__get__`` that notes which loaded instances had
+    the relation read (``Unit.touched``): a ``select_related`` path that no row of a request
+    ever reads is an unused join. Reads served from the cache run no query, so only this
+    sees them."""
+
+    @functools.wraps(original)
+    def __get__(self: Any, instance: Any, cls: Any = None) -> Any:
+        value = original(self, instance, cls)
+        if instance is not None:
+            unit = current_unit.get()
+            if unit is not None:
+                try:
+                    origin = instance.__dict__.get(ORIGIN)
+                    if origin is not None and origin[0] is unit.id:
+                        unit.touched.add((origin[1], name_of(self)))
+                except Exception:
+                    note_error("origin")
+        return value
+
+    __get__.__djangoscope__ = True  # type: ignore[attr-defined]
+    return __get__
+
+
+def _forward_name(descriptor: Any) -> str:
+    return descriptor.field.name  # type: ignore[no-any-return]
+
+
+def _reverse_name(descriptor: Any) -> str:
+    return descriptor.related.get_accessor_name()  # type: ignore[no-any-return]
+
+
+#: (class, attribute, wrapper factory) of every hook this module installs.
+_TARGETS: tuple[tuple[type, str, Any], ...] = (
+    (BaseManager, "get_queryset", _wrap_get_queryset),
+    (ForwardManyToOneDescriptor, "__get__", lambda f: _wrap_get(f, _forward_name)),
+    (ReverseOneToOneDescriptor, "__get__", lambda f: _wrap_get(f, _reverse_name)),
+)
 
 
 def install() -> None:
-    """Wrap ``BaseManager.get_queryset`` (idempotent)."""
-    current = BaseManager.__dict__["get_queryset"]
-    if not getattr(current, "__djangoscope__", False):
-        _originals["get_queryset"] = current
-        BaseManager.get_queryset = _wrap_get_queryset(current)  # type: ignore[method-assign]
+    """Wrap ``BaseManager.get_queryset`` and the single-valued relation descriptors'
+    ``__get__`` (idempotent)."""
+    for owner, name, wrap in _TARGETS:
+        current = owner.__dict__[name]
+        if not getattr(current, "__djangoscope__", False):
+            setattr(owner, name, wrap(current))
 
 
 def uninstall() -> None:
-    """Restore ``BaseManager.get_queryset`` unless someone wrapped it since."""
-    current = BaseManager.__dict__["get_queryset"]
-    if getattr(current, "__djangoscope__", False):
-        BaseManager.get_queryset = current.__wrapped__  # type: ignore[method-assign]
+    """Restore each wrapped function unless someone wrapped it since."""
+    for owner, name, _ in _TARGETS:
+        current = owner.__dict__[name]
+        if getattr(current, "__djangoscope__", False):
+            setattr(owner, name, current.__wrapped__)

@@ -24,6 +24,8 @@ owner instance or the queryset). By op:
 - ``prefetch``: ``lookup`` (the path prefetched at this level, e.g. ``books`` then
   ``books__tags``, or a ``to_attr``; None when ``get_prefetch_querysets`` was called directly),
   ``field`` (the relation followed at this level), ``count`` (instances prefetched for).
+- Any query that loaded tagged instances also gets, when serialized, ``rows`` (instances it
+  built) and ``touched`` (sorted single-valued relations read on them in the unit).
 - ``save``: ``update_fields`` (sorted list or None), ``instance``; for a full-row save of an
   instance loaded in this unit also ``changed`` (the fields whose value differs from the row it
   was loaded with, ``auto_now`` ones included) and ``deltas`` (new - old of the numeric changed
@@ -709,7 +711,12 @@ def _unwrap_attr(obj: Any) -> Any:
         return obj.__func__
     if isinstance(obj, property):
         return obj.fget
-    return getattr(obj, "__func__", obj)
+    obj = getattr(obj, "__func__", obj)
+    # The probe's own wrappers (origin.py wraps the relation descriptors' __get__): the frame
+    # to recognize is Django's function, which the wrapper calls.
+    while getattr(obj, "__djangoscope__", False) and hasattr(obj, "__wrapped__"):
+        obj = obj.__wrapped__
+    return obj
 
 
 def resolve_code(module: str, qualname: str) -> CodeType | None:

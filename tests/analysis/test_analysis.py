@@ -229,3 +229,17 @@ def test_text_report_shows_the_fix_the_sites_and_the_resolved_figures(record, fi
         line.startswith('[resolved] GET books/: .select_related("author"): 101 -> 1 queries')
         for line in lines
     )
+
+
+def test_join_that_no_request_reads_is_an_unused_eager_load(record, fixable):
+    [s] = analyze(record("/books-with-publishers/", "/books-with-publishers/"))
+    assert (s.kind, s.field) == ("unused_eager_load", "publisher")
+    assert s.fix == 'remove "publisher" from .select_related(...)'
+    assert source_line(s.fix_site).startswith("books = Book.objects.filter(published=True)")
+    assert len(s.request_ids) == 2
+
+
+def test_join_read_by_another_request_of_the_endpoint_is_used(record, fixable):
+    # The first request reads only authors, the second only publishers: both joins are used.
+    store = record("/books-with-publishers/", "/books-with-publishers/?show=publisher")
+    assert [s for s in analyze(store) if s.kind == "unused_eager_load"] == []

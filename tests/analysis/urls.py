@@ -61,7 +61,15 @@ def rename_one(request: HttpRequest) -> HttpResponse:
     return HttpResponse(book.title)
 
 
+def books_with_publishers(request: HttpRequest) -> HttpResponse:
+    books = Book.objects.filter(published=True).select_related("author", "publisher")
+    if request.GET.get("show") == "publisher":
+        return HttpResponse("\n".join(f"{b.title}: {b.publisher}" for b in books))
+    return HttpResponse("\n".join(f"{b.title} by {b.author.name}" for b in books))
+
+
 urlpatterns = [
+    path("books-with-publishers/", books_with_publishers),
     path("rename-one/", rename_one),
     path("authors-books-publishers/", authors_books_publishers),
     path("authors-long-books/", authors_long_books),

@@ -360,3 +360,23 @@ def test_instance_built_in_code_has_no_changed_fields(recording, books):
         book.save()
     saves = [q["orm"] for q in unit.queries if (q["orm"] or {}).get("op") == "save"]
     assert saves and all("changed" not in context for context in saves)
+
+
+def test_fetch_context_counts_rows_and_the_relations_read(recording, books):
+    with recording() as unit:
+        rows = Book.objects.select_related("author", "publisher").order_by("pk")
+        names = [book.author.name for book in rows]  # publisher joined, never read
+    assert len(names) == 3
+    message = unit.to_message()
+    [fetch] = [q["orm"] for q in message["queries"] if (q["orm"] or {}).get("op") == "fetch"]
+    assert fetch["select_related"] == ["author", "publisher"]
+    assert fetch["rows"] == 3 + 3 + 2  # the books, their authors, the publishers that exist
+    assert fetch["touched"] == ["author"]
+
+
+def test_relation_read_outside_the_unit_is_not_touched(recording, books):
+    with recording() as unit:
+        rows = list(Book.objects.select_related("author").order_by("pk"))
+    _ = [book.author for book in rows]  # after the request: not this unit's reads
+    [fetch] = [q["orm"] for q in unit.to_message()["queries"]]
+    assert fetch["touched"] == []
