@@ -427,9 +427,19 @@ class _Detector:
             )
         if op == "related_manager":
             if method in ("count", "exists"):
-                alias = f"num_{fieldname}" if method == "count" else f"has_{fieldname}"
-                fix = f'.annotate({alias}=Count("{fieldname}"))'
-                use = f"{owner.lower()}.{alias}" + (" > 0" if method == "exists" else "")
+                remote = first.orm.get("remote")
+                target = _model_name(first.orm.get("target"))
+                if method == "exists" and isinstance(remote, str) and remote:
+                    alias = f"has_{fieldname}"
+                    fix = (
+                        f".annotate({alias}=Exists({target}.objects.filter("
+                        f'{remote}=OuterRef("pk"))))'
+                    )
+                    use = f"{owner.lower()}.{alias}"
+                else:
+                    alias = f"num_{fieldname}" if method == "count" else f"has_{fieldname}"
+                    fix = f'.annotate({alias}=Count("{fieldname}"))'
+                    use = f"{owner.lower()}.{alias}" + (" > 0" if method == "exists" else "")
                 return _Finding(
                     kind=f"related_{method}_in_loop",
                     model=model,

@@ -20,7 +20,8 @@ owner instance or the queryset). By op:
 - ``reverse_o2o``: ``field`` (the accessor, e.g. ``profile``), ``target``, ``instance``.
 - ``related_manager``: ``method`` (count/exists/first/filter/create...), ``field`` (accessor),
   ``target``, ``kind`` (``reverse_fk``/``m2m``/``generic``), ``prefetched`` (the owner already has
-  a prefetch cache for the accessor), ``instance``.
+  a prefetch cache for the accessor), ``instance``, and ``remote`` (the lookup by which the
+  target filters by its owner: ``author`` for ``author.books``; reverse FK and many-to-many).
 - ``prefetch``: ``lookup`` (the path prefetched at this level, e.g. ``books`` then
   ``books__tags``, or a ``to_attr``; None when ``get_prefetch_querysets`` was called directly),
   ``field`` (the relation followed at this level), ``count`` (instances prefetched for).
@@ -375,6 +376,13 @@ def _related_manager(loc: Locals, sig: Signature, frame: FrameType) -> Context:
         "prefetched": _prefetched(instance, cache_name),
         "instance": _ident(instance),
     }
+    # How the target filters by its owner: Book.objects.filter(author=...) for author.books,
+    # Tag.objects.filter(books=...) for book.tags (an Exists(... OuterRef("pk")) fix needs it).
+    remote = getattr(manager, "query_field_name", None) if kind == "m2m" else None
+    if kind == "reverse_fk":
+        remote = getattr(getattr(manager, "field", None), "name", None)
+    if remote is not None:
+        context["remote"] = remote
     return _with_origin(context, instance)
 
 

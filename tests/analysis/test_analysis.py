@@ -243,3 +243,10 @@ def test_join_read_by_another_request_of_the_endpoint_is_used(record, fixable):
     # The first request reads only authors, the second only publishers: both joins are used.
     store = record("/books-with-publishers/", "/books-with-publishers/?show=publisher")
     assert [s for s in analyze(store) if s.kind == "unused_eager_load"] == []
+
+
+def test_exists_in_a_loop_gets_an_exists_subquery(record, fixable):
+    [s] = analyze(record("/authors-with-books/"))
+    assert s.kind == "related_exists_in_loop"
+    assert s.fix == '.annotate(has_books=Exists(Book.objects.filter(author=OuterRef("pk"))))'
+    assert source_line(s.fix_site) == 'authors = Author.objects.order_by("name")'

@@ -68,7 +68,13 @@ def books_with_publishers(request: HttpRequest) -> HttpResponse:
     return HttpResponse("\n".join(f"{b.title} by {b.author.name}" for b in books))
 
 
+def authors_with_books(request: HttpRequest) -> HttpResponse:
+    authors = Author.objects.order_by("name")
+    return HttpResponse("\n".join(a.name for a in authors if a.books.exists()))
+
+
 urlpatterns = [
+    path("authors-with-books/", authors_with_books),
     path("books-with-publishers/", books_with_publishers),
     path("rename-one/", rename_one),
     path("authors-books-publishers/", authors_books_publishers),

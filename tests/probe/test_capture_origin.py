@@ -380,3 +380,14 @@ def test_relation_read_outside_the_unit_is_not_touched(recording, books):
     _ = [book.author for book in rows]  # after the request: not this unit's reads
     [fetch] = [q["orm"] for q in unit.to_message()["queries"]]
     assert fetch["touched"] == []
+
+
+def test_related_manager_names_how_the_target_filters_by_its_owner(recording, books):
+    ann = Author.objects.get(name="Ann")
+    book = Book.objects.get(title="One")
+    with recording() as unit:
+        ann.books.count()
+        book.tags.exists()
+    reverse_fk, m2m = (q["orm"] for q in unit.queries)
+    assert (reverse_fk["kind"], reverse_fk["remote"]) == ("reverse_fk", "author")
+    assert (m2m["kind"], m2m["remote"]) == ("m2m", "books")
