@@ -598,9 +598,13 @@ class _Detector:
         n = len(qs)
         target = _model_name(first.orm.get("target"))
         attr = f"{fieldname}_list"
+        # The filter as written at the fire site (the collector runs beside the dev server and
+        # can read it); "filter(...)" when it is in a template or cannot be read.
+        chain = _related_chain(fire, fieldname) if fire and not fire.template else None
+        chain = chain or ".filter(...)"
         fix = (
             f'.prefetch_related(Prefetch("{fieldname}", '
-            f'queryset={target}.objects.filter(...), to_attr="{attr}"))'
+            f'queryset={target}.objects{chain}, to_attr="{attr}"))'
         )
         bypassed = " (the existing prefetch cannot serve it)" if first.orm.get("prefetched") else ""
         return _Finding(
@@ -612,7 +616,7 @@ class _Detector:
             detail=(
                 f"{fire.short() if fire else '?'} runs {n}x `{_shorten(first.sql)}`: a filtered, "
                 f"ordered or sliced `{fieldname}` per {owner}{bypassed}. Prefetch exactly that "
-                f"set once with `{fix}` (the same filter as at the fire site) and read "
+                f"set once with `{fix}` and read "
                 f"`{owner.lower()}.{attr}`: {self.request.query_count} -> "
                 f"{self.request.query_count - n + 1} queries."
             ),
@@ -855,6 +859,66 @@ class _Detector:
                 )
             )
         return findings
+
+
+#: QuerySet methods a Prefetch queryset can carry over from ``obj.books.<method>(...)``.
+_CHAINABLE = ("filter", "exclude", "order_by", "select_related", "only", "defer")
+
+
+def _related_chain(site: Site, fieldname: str) -> str | None:
+    """``.filter(pages__gt=100).order_by("-id")`` as written after ``.<fieldname>`` on the
+    fire site's line (parentheses balanced, strings respected); None if not found."""
+    line = _source_line(site)
+    if line is None:
+        return None
+    start = line.find(f".{fieldname}.")
+    if start < 0:
+        return None
+    pos = start + len(fieldname) + 1
+    parts = []
+    while line.startswith(".", pos):
+        match = re.match(r"\.(\w+)\(", line[pos:])
+        if not match or match.group(1) not in _CHAINABLE:
+            break
+        end = _closing(line, pos + match.end() - 1)
+        if end is None:
+            return None
+        parts.append(line[pos : end + 1])
+        pos = end + 1
+    return "".join(parts) or None
+
+
+def _source_line(site: Site) -> str | None:
+    if site.line is None:
+        return None
+    try:
+        with open(site.file, encoding="utf-8") as source:
+            for number, text in enumerate(source, 1):
+                if number == site.line:
+                    return text
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _closing(text: str, open_at: int) -> int | None:
+    """Index of the parenthesis closing the one at ``open_at`` (quotes skipped)."""
+    depth = 0
+    quote = ""
+    for i in range(open_at, len(text)):
+        char = text[i]
+        if quote:
+            if char == quote and text[i - 1] != "\\":
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
 
 
 def _plural(n: int, word: str) -> str:

@@ -123,8 +123,11 @@ def test_nested_relation_below_a_prefetch_gets_the_nested_path(record, fixable):
 def test_filtered_related_queryset_gets_prefetch_to_attr(record, fixable):
     [s] = analyze(record("/authors-long-books/"))
     assert s.kind == "n_plus_one" and s.field == "books"
-    assert s.fix.startswith('.prefetch_related(Prefetch("books", queryset=Book.objects.filter(')
-    assert 'to_attr="books_list"' in s.fix
+    # The filter exactly as the view wrote it after `a.books`.
+    assert s.fix == (
+        '.prefetch_related(Prefetch("books", queryset=Book.objects.filter(pages__gt=100), '
+        'to_attr="books_list"))'
+    )
 
 
 def test_count_served_by_a_prefetch_is_silent(record, fixable):
@@ -250,3 +253,19 @@ def test_exists_in_a_loop_gets_an_exists_subquery(record, fixable):
     assert s.kind == "related_exists_in_loop"
     assert s.fix == '.annotate(has_books=Exists(Book.objects.filter(author=OuterRef("pk"))))'
     assert source_line(s.fix_site) == 'authors = Author.objects.order_by("name")'
+
+
+def test_related_chain_is_read_as_written(tmp_path):
+    from djangoscope.app.core.analysis import Site, _related_chain
+
+    code = tmp_path / "views.py"
+    code.write_text(
+        "x = 1\n"
+        '    rows = [len(a.books.filter(title__contains=")(").order_by("-id").all()) for a in q]\n'
+        "    other = a.books.count()\n"
+    )
+    assert _related_chain(Site(str(code), 2), "books") == (
+        '.filter(title__contains=")(").order_by("-id")'
+    )
+    assert _related_chain(Site(str(code), 3), "books") is None  # count(): nothing to carry
+    assert _related_chain(Site(str(tmp_path / "gone.py"), 1), "books") is None
