@@ -34,6 +34,7 @@ How a suggestion is made, in order:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import statistics
@@ -311,13 +312,14 @@ class _Detector:
         self.request = request
         self.stacks = stacks
         self.by_idx = {q.idx: q for q in request.queries}
-        self.view_site = self._view_site()
         #: An admin changelist (view name ``admin:<app>_<model>_changelist``)?
         self.changelist = bool(_CHANGELIST.match(request.view))
         #: Every relation the changelist loads lazily, joinable: its list_select_related.
         self.admin_selects: list[str] = []
 
-    def _view_site(self) -> Site | None:
+    @functools.cached_property
+    def view_site(self) -> Site | None:
+        """The outermost app frame of the request's queries: the last resort for a fix site."""
         for q in self.request.queries:
             site = self.stacks.app_site(q.stack_id, outermost=True)
             if site is not None:
@@ -327,9 +329,13 @@ class _Detector:
     def fire_site(self, q: _Query) -> Site | None:
         return q.template or self.stacks.app_site(q.stack_id)
 
+    def origin(self, q: _Query) -> _Query | None:
+        """The query that loaded the owner instance of ``q`` (the probe's ``origin``)."""
+        return self.by_idx.get(q.orm["origin"]) if "origin" in q.orm else None
+
     def fix_site(self, q: _Query) -> Site | None:
         """Where the owners' root queryset was built, else evaluated, else the view."""
-        origin = self.by_idx.get(q.orm.get("origin")) if "origin" in q.orm else None
+        origin = self.origin(q)
         if origin is not None:
             site = origin.orm.get("site")
             if isinstance(site, dict) and site.get("file"):
@@ -579,7 +585,7 @@ class _Detector:
 
     def _path(self, q: _Query, fieldname: str) -> str:
         """The lookup path: nested below the prefetch that loaded the owner, if one did."""
-        origin = self.by_idx.get(q.orm.get("origin")) if "origin" in q.orm else None
+        origin = self.origin(q)
         if origin is not None and origin.orm.get("op") == "prefetch":
             lookup = origin.orm.get("lookup")
             if isinstance(lookup, str) and lookup:
@@ -1016,8 +1022,11 @@ def _cache_candidates(requests: list[_Request], stacks: _Stacks) -> list[Suggest
             continue
         seen: dict[tuple[str, str], list[tuple[int, _Query]]] = defaultdict(list)
         for r in rs:
-            for key in {(q.sql, repr(q.params)) for q in r.queries if q.operation == "SELECT"}:
-                match = next(q for q in r.queries if (q.sql, repr(q.params)) == key)
+            first: dict[tuple[str, str], _Query] = {}
+            for q in r.queries:
+                if q.operation == "SELECT":
+                    first.setdefault((q.sql, repr(q.params)), q)
+            for key, match in first.items():
                 seen[key].append((r.id, match))
         for (sql, _), hits in seen.items():
             if len(hits) < len(rs) or len(hits) < CACHE_MIN_REQUESTS:
@@ -1077,8 +1086,11 @@ def _cache_recompute(requests: list[_Request], stacks: _Stacks) -> list[Suggesti
             )
             if refill is None:
                 continue
-            work = [q for q in r.queries if q.start_ns is not None]
-            between = sum(1 for q in work if c.end_ns <= q.start_ns <= refill.start_ns)
+            between = sum(
+                1
+                for q in r.queries
+                if q.start_ns is not None and c.end_ns <= q.start_ns <= refill.start_ns
+            )
             sites[site_key].append((r, c.keys[0], (refill.start_ns - c.end_ns) / 1e6, between))
     out = []
     for site_key, misses in sites.items():
