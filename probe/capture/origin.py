@@ -224,7 +224,7 @@ def _wrap_get_cached_value(original: Any) -> Any:
             try:
                 origin = instance.__dict__.get(ORIGIN)
                 if origin is not None and origin[0] is unit.id:
-                    unit.touched.add((origin[1], _cache_name(self)))
+                    unit.touched.add((origin[1], cache_name(self)))
             except Exception:
                 note_error("origin")
         return original(self, instance, *args, **kwargs)
@@ -233,7 +233,8 @@ def _wrap_get_cached_value(original: Any) -> Any:
     return get_cached_value
 
 
-def _cache_name(field: Any) -> str:
+def cache_name(field: Any) -> str:
+    """The key of a relation in an instance's ``_state.fields_cache`` (and prefetch cache)."""
     try:
         return field.cache_name  # type: ignore[no-any-return]  # Django >= 5.1
     except AttributeError:

@@ -79,6 +79,7 @@ from .. import stacks
 from ..conf import REDACTED
 from . import note_error
 from .origin import LOADED, PREFETCH_CALLERS, SITE, origin_of, site_of
+from .origin import cache_name as _cache_name
 from .redact import make_sensitive_check
 
 
@@ -225,13 +226,6 @@ def _with_origin(context: dict[str, Any], instance: Any) -> dict[str, Any]:
     if origin is not None:
         context["origin"] = origin
     return context
-
-
-def _cache_name(rel: Any) -> str:
-    try:
-        return rel.cache_name  # Django >= 5.1
-    except AttributeError:
-        return rel.get_cache_name()  # Django 4.2 / 5.0
 
 
 def _prefetched(instance: Any, cache_name: str | None) -> bool:
@@ -719,12 +713,7 @@ def _unwrap_attr(obj: Any) -> Any:
         return obj.__func__
     if isinstance(obj, property):
         return obj.fget
-    obj = getattr(obj, "__func__", obj)
-    # The probe's own wrappers (origin.py wraps the relation descriptors' __get__): the frame
-    # to recognize is Django's function, which the wrapper calls.
-    while getattr(obj, "__djangoscope__", False) and hasattr(obj, "__wrapped__"):
-        obj = obj.__wrapped__
-    return obj
+    return getattr(obj, "__func__", obj)
 
 
 def resolve_code(module: str, qualname: str) -> CodeType | None:
