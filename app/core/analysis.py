@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
+import operator
 import re
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,32 +226,48 @@ def _endpoint(row: dict[str, Any]) -> str:
     return f"{row.get('method') or '?'} {row.get('route') or row.get('path') or '?'}"
 
 
+def _template_site(row: dict[str, Any]) -> Site | None:
+    """The template line a query or cache call ran from, if a template ran it."""
+    if not row.get("template_name"):
+        return None
+    return Site(row["template_name"], row.get("template_line"), template=True)
+
+
+def _queries_by_request(store: SessionStore) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """Every query of the session in one streamed pass, grouped by request (id order)."""
+    for request_id, rows in itertools.groupby(
+        store.iter_all_queries(), key=operator.itemgetter("request_id")
+    ):
+        yield request_id, list(rows)
+
+
 def _load(store: SessionStore) -> Iterable[_Request]:
+    grouped = _queries_by_request(store)
+    pending = next(grouped, None)
     for row in store.iter_requests():
-        queries = []
-        for q in store.queries(row["id"]):
-            orm = q.get("orm") if isinstance(q.get("orm"), dict) else {}
-            template = (
-                Site(q["template_name"], q.get("template_line"), template=True)
-                if q.get("template_name")
-                else None
+        while pending is not None and pending[0] < row["id"]:
+            pending = next(grouped, None)  # queries of a request pruned meanwhile
+        rows: list[dict[str, Any]] = []
+        if pending is not None and pending[0] == row["id"]:
+            rows = pending[1]
+            pending = next(grouped, None)
+        queries = [
+            _Query(
+                idx=q["idx"],
+                sql=q.get("sql") or "",
+                params=q.get("params"),
+                ms=(q.get("duration_ns") or 0) / 1e6,
+                start_ns=q.get("start_ns"),
+                operation=(q.get("operation") or "").upper(),
+                fingerprint=q.get("fingerprint") or "",
+                stack_id=q.get("stack_id"),
+                template=_template_site(q),
+                orm=q["orm"] if isinstance(q.get("orm"), dict) else {},
+                atomic=bool(q.get("atomic")),
+                duplicate_of=q.get("duplicate_of"),
             )
-            queries.append(
-                _Query(
-                    idx=q["idx"],
-                    sql=q.get("sql") or "",
-                    params=q.get("params"),
-                    ms=(q.get("duration_ns") or 0) / 1e6,
-                    start_ns=q.get("start_ns"),
-                    operation=(q.get("operation") or "").upper(),
-                    fingerprint=q.get("fingerprint") or "",
-                    stack_id=q.get("stack_id"),
-                    template=template,
-                    orm=orm,
-                    atomic=bool(q.get("atomic")),
-                    duplicate_of=q.get("duplicate_of"),
-                )
-            )
+            for q in rows
+        ]
         cache = []
         for c in store.cache_events(row["id"]):
             keys = c.get("keys") if isinstance(c.get("keys"), list) else []
@@ -263,11 +281,7 @@ def _load(store: SessionStore) -> Iterable[_Request]:
                     start_ns=start,
                     end_ns=start + (c.get("duration_ns") or 0),
                     stack_id=c.get("stack_id"),
-                    template=(
-                        Site(c["template_name"], c.get("template_line"), template=True)
-                        if c.get("template_name")
-                        else None
-                    ),
+                    template=_template_site(c),
                 )
             )
         yield _Request(
